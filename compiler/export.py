@@ -1,0 +1,194 @@
+"""Stage 1: PyTorch reference -> ``model.onnx`` (fp32, dynamic batch and sequence axes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import record_stage
+from .errors import DebertrtError
+from .models import ReferenceModel
+
+EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_OPSET = 18
+PROTOBUF_LIMIT = 2 * 1024**3  # ONNX protobufs cannot exceed 2 GiB: larger models need external data
+VALIDATION_SHAPES = ((1, 1), (2, 7), (3, 65))  # (batch, sequence), checked right after export
+VALIDATION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    exporter: str = "dynamo"
+    opset: int = DEFAULT_OPSET
+    external_data: bool | None = None  # None: only when the weights exceed the protobuf limit
+    validate: bool = True
+
+    def __post_init__(self):
+        if self.exporter not in EXPORTERS:
+            raise DebertrtError(f"unknown exporter {self.exporter!r}: choose one of {', '.join(EXPORTERS)}")
+        if not 14 <= self.opset <= 23:
+            raise DebertrtError(f"opset {self.opset} is outside the supported range 14..23")
+
+
+def export_module(ref: ReferenceModel):
+    """The model as a module taking the ONNX inputs positionally and returning the outputs as a tuple."""
+    import torch
+
+    class ExportWrapper(torch.nn.Module):
+        def __init__(self, model, output_names):
+            super().__init__()
+            self.model = model
+            self.output_names = output_names
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids, return_dict=True)
+            return tuple(out[name] for name in self.output_names)
+
+    # eval() on the wrapper too: the torchscript exporter restores the *wrapper's* training
+    # flag on every child afterwards, which would silently switch dropout back on.
+    return ExportWrapper(ref.module, ref.output_names).eval()
+
+
+def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptions = ExportOptions()) -> Path:
+    """Write ``out_dir/model.onnx`` (and ``model.onnx.data`` with external data) and its manifest."""
+    import onnx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "model.onnx"
+    data_name = final.name + ".data"
+    external = options.external_data
+    if external is None:
+        external = _weight_bytes(ref) > PROTOBUF_LIMIT // 2  # leave room for the graph itself
+
+    staging = out_dir / f".export.{os.getpid()}.tmp"
+    staging.mkdir(exist_ok=True)
+    try:
+        raw = staging / "raw.onnx"
+        _run_exporter(ref, raw, options)
+        model = onnx.load(raw, load_external_data=True)
+        staged = staging / final.name
+        onnx.save_model(model, staged, save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        onnx.checker.check_model(str(staged))
+        validation = validate_export(ref, staged) if options.validate else None
+        # data first, graph last: a model.onnx on disk always has its data beside it
+        if external:
+            os.replace(staging / data_name, out_dir / data_name)
+        elif (out_dir / data_name).exists():
+            (out_dir / data_name).unlink()
+        os.replace(staged, final)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+
+    outputs = {"model": final}
+    if external:
+        outputs["external_data"] = out_dir / data_name
+    record_stage(out_dir, "export", inputs={"model": ref.name, "task": ref.task, "config_hash": ref.config_hash()},
+                 options={"exporter": options.exporter, "opset": options.opset, "external_data": external},
+                 outputs=outputs,
+                 extra={"model_version": ref.version, "input_names": list(ref.input_names),
+                        "output_names": list(ref.output_names), "max_sequence": ref.max_sequence,
+                        "config": ref.config.to_diff_dict(), "validation": validation})
+    return final
+
+
+def _weight_bytes(ref: ReferenceModel) -> int:
+    return sum(p.numel() * p.element_size() for p in ref.module.parameters())
+
+
+def _example_inputs(ref: ReferenceModel, batch: int = 2, sequence: int = 16):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, ref.config.vocab_size, (batch, sequence), generator=gen)
+    example = [ids, torch.ones(batch, sequence, dtype=torch.long)]
+    if "token_type_ids" in ref.input_names:
+        example.append(torch.zeros(batch, sequence, dtype=torch.long))
+    return tuple(example)
+
+
+def _run_exporter(ref: ReferenceModel, path: Path, options: ExportOptions) -> None:
+    import torch
+
+    module = export_module(ref)
+    # Batch 2 and sequence 16: dynamo specialises dimensions seen as 0 or 1.
+    example = _example_inputs(ref)
+    names = list(ref.input_names)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if options.exporter == "dynamo":
+            from torch.export import Dim
+
+            batch = Dim("batch", min=1, max=4096)
+            sequence = Dim("sequence", min=1, max=ref.max_sequence)
+            shapes = {name: {0: batch, 1: sequence} for name in names}
+            torch.onnx.export(module, example, str(path), dynamo=True, input_names=names,
+                              output_names=list(ref.output_names), dynamic_shapes=shapes,
+                              opset_version=options.opset, external_data=True, verbose=False)
+        else:
+            axes = {name: {0: "batch", 1: "sequence"} for name in names}
+            for out_name in ref.output_names:
+                axes[out_name] = {0: "batch"} if ref.task == "sequence-classification" else {0: "batch", 1: "sequence"}
+            with _traceable_attention_span(ref):
+                torch.onnx.export(module, example, str(path), dynamo=False, input_names=names,
+                                  output_names=list(ref.output_names), dynamic_axes=axes,
+                                  opset_version=options.opset)
+    if not path.is_file():
+        raise DebertrtError(f"the {options.exporter} exporter wrote no model; try --exporter "
+                            f"{'torchscript' if options.exporter == 'dynamo' else 'dynamo'}")
+
+
+@contextlib.contextmanager
+def _traceable_attention_span(ref: ReferenceModel):
+    """DeBERTa v1's span is ``min(S, max_relative_positions)`` taken with Python's min, which
+    tracing freezes to whichever branch the example took. Compute it with tensor ops instead
+    while the torchscript tracer runs."""
+    if ref.config.model_type != "deberta":
+        yield
+        return
+    import torch
+    from transformers.models.deberta import modeling_deberta
+
+    def compute_attention_span(query_layer, key_layer, max_relative_positions):
+        size = torch.maximum(torch._shape_as_tensor(query_layer)[-2], torch._shape_as_tensor(key_layer)[-2])
+        return torch.clamp(size, max=max_relative_positions)
+
+    original = modeling_deberta.compute_attention_span
+    modeling_deberta.compute_attention_span = compute_attention_span
+    try:
+        yield
+    finally:
+        modeling_deberta.compute_attention_span = original
+
+
+def validate_export(ref: ReferenceModel, path: str | os.PathLike, shapes=VALIDATION_SHAPES,
+                    atol: float = VALIDATION_ATOL) -> dict:
+    """ONNX Runtime vs PyTorch on a few padded shapes; raises if any output is off."""
+    from .inputs import random_batch
+    from .runners import OnnxRuntimeRunner, TorchRunner
+    from .compare import output_errors
+
+    rng = np.random.default_rng(0)
+    worst = {}
+    with TorchRunner(ref) as torch_runner, OnnxRuntimeRunner(path) as ort_runner:
+        for batch, sequence in shapes:
+            feed = random_batch(ref, batch, sequence, rng)
+            expected = torch_runner.infer(feed)
+            got = ort_runner.infer(feed)
+            for name in ref.output_names:
+                err = output_errors(expected[name], got[name], feed["attention_mask"])["max_abs"]
+                worst[name] = max(worst.get(name, 0.0), err)
+                if not err <= atol:
+                    raise DebertrtError(
+                        f"exported {name} differs from PyTorch by {err:.3g} (> {atol:g}) at batch {batch}, "
+                        f"sequence {sequence}; try the other exporter (--exporter)")
+    return {"shapes": [list(s) for s in shapes], "atol": atol, "max_abs": worst}

@@ -1,0 +1,147 @@
+"""Input batches: random token batches with padding, or examples read from a data file.
+
+A batch is a dict of int64 arrays named like the ONNX inputs; a data file may also carry
+labels, returned beside the batches so a report can score the task.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DebertrtError
+from .models import ReferenceModel
+
+DATA_SUFFIXES = (".txt", ".jsonl", ".csv")
+
+
+@dataclass
+class Dataset:
+    """Batches (dicts of int64 arrays) and, where the source had them, one label per example."""
+
+    batches: list[dict[str, np.ndarray]]
+    labels: list[np.ndarray] | None = None
+    source: str = "random"
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(b["input_ids"]) for b in self.batches)
+
+
+def check_sequence(ref: ReferenceModel, sequence: int) -> None:
+    if sequence > ref.max_sequence:
+        raise DebertrtError(
+            f"sequence length {sequence} exceeds the model's maximum {ref.max_sequence} "
+            f"(max_position_embeddings): truncate the inputs (--max-length) or use a model that supports it")
+    if sequence < 1:
+        raise DebertrtError(f"sequence length must be at least 1, got {sequence}")
+
+
+def random_batch(ref: ReferenceModel, batch: int, sequence: int, rng: np.random.Generator,
+                 pad_fraction: float = 0.5) -> dict[str, np.ndarray]:
+    """Random tokens; after the first row (kept full length) rows get random lengths, padded at the end."""
+    check_sequence(ref, sequence)
+    vocab = int(ref.config.vocab_size)
+    pad = int(getattr(ref.config, "pad_token_id", 0) or 0)
+    ids = rng.integers(1, vocab, size=(batch, sequence), dtype=np.int64)
+    ids[ids == pad] = (pad + 1) % vocab
+    lengths = np.full(batch, sequence)
+    padded = rng.random(batch) < pad_fraction
+    padded[0] = False  # one full-length row, so every position is checked somewhere
+    lengths[padded] = rng.integers(1, sequence + 1, size=int(padded.sum()))
+    mask = (np.arange(sequence)[None, :] < lengths[:, None]).astype(np.int64)
+    ids[mask == 0] = pad
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in ref.input_names:
+        types = rng.integers(0, int(ref.config.type_vocab_size), size=(batch, sequence), dtype=np.int64)
+        feed["token_type_ids"] = types * mask
+    return feed
+
+
+def random_dataset(ref: ReferenceModel, batches: int = 4, batch_size: int = 4, max_sequence: int = 128,
+                   seed: int = 0) -> Dataset:
+    """Batches of random sequence lengths in [1, max_sequence], with padding."""
+    check_sequence(ref, max_sequence)
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_sequence + 1, size=batches)
+    lengths[0] = max_sequence
+    return Dataset([random_batch(ref, batch_size, int(s), rng) for s in lengths], source="random",
+                   extra={"seed": seed, "max_sequence": max_sequence})
+
+
+def read_examples(path: str | os.PathLike) -> tuple[list, list | None]:
+    """Texts (str or (text, text_pair)) and labels (or None) from .txt, .jsonl or .csv.
+
+    .txt: one example per non-empty line. .jsonl: objects with "text" (and optional
+    "text_pair", "label"). .csv: a header with a "text" column (and optional "text_pair",
+    "label").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DebertrtError(f"data file {str(path)!r} not found")
+    suffix = path.suffix.lower()
+    if suffix not in DATA_SUFFIXES:
+        raise DebertrtError(f"data file {str(path)!r}: use one of {', '.join(DATA_SUFFIXES)}")
+    if suffix == ".txt":
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [{"text": t} for t in texts]
+    elif suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DebertrtError(f"{path}:{number}: not valid JSON ({exc.msg}); write one object per line") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DebertrtError(f"{path}:{number}: each line needs a string field \"text\"")
+            records.append(record)
+    else:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise DebertrtError(f"{path}: the CSV header needs a \"text\" column")
+            records = [r for r in reader if (r.get("text") or "").strip()]
+    if not records:
+        raise DebertrtError(f"data file {str(path)!r} has no examples: give at least one non-empty text")
+    texts = [(r["text"], r["text_pair"]) if r.get("text_pair") else r["text"] for r in records]
+    has_labels = all(r.get("label") not in (None, "") for r in records)
+    labels = None
+    if has_labels:
+        try:
+            labels = [int(r["label"]) for r in records]
+        except (TypeError, ValueError) as exc:
+            raise DebertrtError(f"{path}: labels must be integers (class ids)") from exc
+    return texts, labels
+
+
+def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int = 8,
+                 max_length: int | None = None) -> Dataset:
+    """Examples from a data file, tokenized with the checkpoint's tokenizer."""
+    if ref.tokenizer is None:
+        raise DebertrtError(
+            f"{ref.name} has no tokenizer: text data needs a checkpoint directory with tokenizer files "
+            f"(or leave out --data to use random token batches)")
+    texts, labels = read_examples(path)
+    max_length = min(max_length or ref.max_sequence, ref.max_sequence)
+    batches, label_batches = [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        pairs = [t if isinstance(t, tuple) else (t, None) for t in chunk]
+        first = [p[0] for p in pairs]
+        second = [p[1] for p in pairs] if any(p[1] for p in pairs) else None
+        enc = ref.tokenizer(first, second, padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
+        batch = {name: np.asarray(enc[name], dtype=np.int64) for name in ref.input_names if name in enc}
+        if "token_type_ids" in ref.input_names and "token_type_ids" not in batch:
+            batch["token_type_ids"] = np.zeros_like(batch["input_ids"])
+        batches.append(batch)
+        if labels is not None:
+            label_batches.append(np.asarray(labels[start:start + batch_size], dtype=np.int64))
+    return Dataset(batches, label_batches if labels is not None else None, source=str(path))

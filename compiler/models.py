@@ -1,0 +1,216 @@
+"""Reference models: a local checkpoint directory or a built-in tiny preset, with one of five heads.
+
+The PyTorch fp32 model loaded here is the reference every compiled artifact is judged
+against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DebertrtError
+
+# task -> (transformers Auto class name, output names in order)
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "base": ("AutoModel", ("last_hidden_state",)),
+    "masked-lm": ("AutoModelForMaskedLM", ("logits",)),
+    "sequence-classification": ("AutoModelForSequenceClassification", ("logits",)),
+    "token-classification": ("AutoModelForTokenClassification", ("logits",)),
+    "question-answering": ("AutoModelForQuestionAnswering", ("start_logits", "end_logits")),
+}
+
+SUPPORTED_MODEL_TYPES = ("deberta", "deberta-v2")
+
+# Small enough for CI, with relative attention really on (the transformers defaults
+# exercise none). initializer_range is raised so attention scores, and so the positional
+# terms, are large enough that a wrong index shows up in parity.
+_TINY_COMMON = dict(
+    vocab_size=256,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=512,
+    relative_attention=True,
+    pos_att_type=["c2p", "p2c"],
+    initializer_range=0.1,
+    num_labels=3,
+    pad_token_id=0,
+)
+
+PRESETS: dict[str, dict] = {
+    "tiny-deberta": dict(
+        model_type="deberta", **_TINY_COMMON,
+        max_relative_positions=128, position_biased_input=False, type_vocab_size=0,
+    ),
+    "tiny-deberta-v2": dict(
+        model_type="deberta-v2", **_TINY_COMMON,
+        max_relative_positions=64, position_buckets=-1, share_att_key=False, norm_rel_ebd="none",
+        conv_kernel_size=3, conv_act="gelu", position_biased_input=True, type_vocab_size=2,
+    ),
+    "tiny-deberta-v3": dict(
+        model_type="deberta-v2", **_TINY_COMMON,
+        max_relative_positions=512, position_buckets=256, share_att_key=True, norm_rel_ebd="layer_norm",
+        position_biased_input=False, type_vocab_size=0,
+    ),
+}
+
+PRESET_SEED = 0
+
+
+@dataclass
+class ReferenceModel:
+    """A DeBERTa model with one head, in eval mode and fp32, plus what describes it."""
+
+    name: str                      # preset name or checkpoint path
+    task: str
+    config: object                 # transformers PretrainedConfig
+    module: object                 # torch.nn.Module
+    tokenizer: object | None = None
+    # a preset's own evaluation data (``inputs.Dataset``), used by parity when no --data is given
+    eval_dataset: object | None = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return input_names(self.config)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return TASKS[self.task][1]
+
+    @property
+    def max_sequence(self) -> int:
+        return int(self.config.max_position_embeddings)
+
+    @property
+    def version(self) -> str:
+        return model_version(self.config)
+
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def input_names(config) -> tuple[str, ...]:
+    names = ("input_ids", "attention_mask")
+    return names + ("token_type_ids",) if getattr(config, "type_vocab_size", 0) > 0 else names
+
+
+def model_version(config) -> str:
+    """'v1' for DeBERTa, 'v3' for v2-architecture models with log buckets, else 'v2'."""
+    if config.model_type == "deberta":
+        return "v1"
+    return "v3" if getattr(config, "position_buckets", -1) > 0 else "v2"
+
+
+def config_hash(config) -> str:
+    text = json.dumps(config.to_diff_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise DebertrtError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return task
+
+
+def preset_config(name: str, **overrides):
+    from transformers import AutoConfig
+
+    spec = dict(PRESETS[name])
+    spec.update(overrides)
+    model_type = spec.pop("model_type")
+    return AutoConfig.for_model(model_type, **spec)
+
+
+def _auto_class(task: str):
+    import transformers
+
+    return getattr(transformers, TASKS[task][0])
+
+
+def build_from_config(config, task: str, seed: int = PRESET_SEED):
+    """A freshly initialised model, identical for the same config and seed."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = _auto_class(task).from_config(config)
+    return module.eval().float()
+
+
+def load_model(model: str, task: str, config_overrides: dict | None = None) -> ReferenceModel:
+    """Load ``model`` (a preset name, or a ``save_pretrained`` directory) with ``task``'s head."""
+    check_task(task)
+    if model in PRESETS or model in EXTRA_PRESETS:
+        if model in EXTRA_PRESETS:
+            return EXTRA_PRESETS[model](task)
+        overrides = {"num_labels": 2} if task == "question-answering" else {}  # start and end logits
+        overrides.update(config_overrides or {})
+        config = preset_config(model, **overrides)
+        _check_supported(config, model)
+        return ReferenceModel(model, task, config, build_from_config(config, task))
+    return _load_checkpoint(Path(model), task)
+
+
+# Presets that need more than a config: "module:function" taking the task, returning a
+# ReferenceModel (imported only when asked for).
+EXTRA_PRESETS: dict[str, str] = {}
+
+
+def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
+    if not path.is_dir():
+        raise DebertrtError(
+            f"checkpoint directory {str(path)!r} not found: pass a save_pretrained directory or a preset "
+            f"({', '.join(list(PRESETS) + list(EXTRA_PRESETS))})")
+    if not (path / "config.json").is_file():
+        raise DebertrtError(f"{str(path)!r} has no config.json: pass a directory written by save_pretrained")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises several types for a bad config
+        raise DebertrtError(f"cannot read {path / 'config.json'}: {_first_line(exc)}") from exc
+    _check_supported(config, str(path))
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+    if not weights:
+        raise DebertrtError(f"{str(path)!r} has no weights (*.safetensors or *.bin): save the model with save_pretrained")
+    try:
+        module = _auto_class(task).from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise DebertrtError(f"cannot load {task} weights from {str(path)!r}: {_first_line(exc)}") from exc
+    return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=_load_tokenizer(path))
+
+
+def _load_tokenizer(path: Path):
+    """The checkpoint's tokenizer (DebertaTokenizer / DebertaV2Tokenizer, fast or not), if it has one."""
+    names = ("tokenizer.json", "tokenizer_config.json", "spm.model", "vocab.json")
+    if not any((path / n).is_file() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise DebertrtError(f"cannot load the tokenizer in {str(path)!r}: {_first_line(exc)}") from exc
+
+
+def _check_supported(config, where: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise DebertrtError(
+            f"{where}: model_type {model_type!r} is not DeBERTa; debertrt supports "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (DeBERTa v1, v2, v3 and mDeBERTa)")
+    if getattr(config, "relative_attention", False):
+        kinds = set(getattr(config, "pos_att_type", None) or [])
+        unknown = kinds - {"c2p", "p2c"}
+        if unknown:
+            raise DebertrtError(f"{where}: pos_att_type {sorted(unknown)} is not supported; use c2p and/or p2c")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

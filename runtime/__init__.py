@@ -1,0 +1,1 @@
+"""Running built engines: the Python runtime (C++ example under runtime/cpp)."""
