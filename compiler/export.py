@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def _run_exporter(ref: ReferenceModel, path: Path, options: ExportOptions) -> No
     # Batch 2 and sequence 16: dynamo specialises dimensions seen as 0 or 1.
     example = _example_inputs(ref)
     names = list(ref.input_names)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
             from torch.export import Dim
@@ -145,6 +146,18 @@ def _run_exporter(ref: ReferenceModel, path: Path, options: ExportOptions) -> No
     if not path.is_file():
         raise DebertrtError(f"the {options.exporter} exporter wrote no model; try --exporter "
                             f"{'torchscript' if options.exporter == 'dynamo' else 'dynamo'}")
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The exporters log many lines (missing torchvision ops, translation steps) no user needs."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
