@@ -44,12 +44,21 @@ def open_runner(path: Path, ref: ReferenceModel):
     """The runner for an artifact, chosen by its kind."""
     if path.suffix == ".onnx":
         return OnnxRuntimeRunner(path, max_sequence=ref.max_sequence)
-    raise DebertrtError(f"{path}: unknown artifact kind {path.suffix!r}; give an .onnx file")
+    if path.suffix == ".plan":
+        from debertrt.runtime.engine import TensorRTRunner
+
+        # reads engine.json; entering it raises NotRunnable without TensorRT or a suitable GPU
+        return TensorRTRunner(path, max_sequence=ref.max_sequence)
+    raise DebertrtError(f"{path}: unknown artifact kind {path.suffix!r}; give an .onnx or .plan file")
 
 
 def artifact_precision(path: Path) -> str:
     if path.suffix == ".onnx":
         return onnx_precision(path)
+    if path.suffix == ".plan":
+        from debertrt.runtime.engine import EngineMetadata
+
+        return EngineMetadata(path).precision
     raise DebertrtError(f"{path}: cannot tell the precision of a {path.suffix!r} artifact")
 
 

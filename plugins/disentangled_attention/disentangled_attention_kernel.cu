@@ -3,35 +3,36 @@
  *
  * Design: skewed tiles in (query row i, relative position r = i - j) space.
  *
- * A block owns TILE query rows [i0, i0 + TILE) and TILE relative positions
- * [r0, r0 + TILE); lane `l` of every warp owns r = r0 + l, so it computes its
- * delta(r) = clamp(table[r + Smax - 1] + span, 0, 2*span - 1) once per tile, and
- * every output it writes, (i, j = i - r), reuses it. Per row i, the block writes
- * the contiguous key window j in (i - r0 - TILE, i - r0]: c2c reads and out writes
- * are coalesced. c2p[b, i, delta(r)] for consecutive r is a monotone run along
- * row i (for the monotone bucket tables the rewrite emits): coalesced as well.
+ * A block owns TILE = 64 query rows [i0, i0 + 64) and 64 relative positions
+ * [r0, r0 + 64); lane `l` owns r0 + l and r0 + 32 + l, so it computes
+ * delta(r) = clamp(table[r + Smax - 1] + span, 0, 2*span - 1) twice per tile and every
+ * output it writes, (i, j = i - r), reuses them. Per row i the block writes the
+ * contiguous key window j in (i - r0 - 64, i - r0]: c2c reads and out writes are
+ * coalesced (64 elements per row and tile). c2p[b, i, delta(r)] for consecutive r is a
+ * monotone run along row i (for the monotone bucket tables the rewrite emits): coalesced.
  *
- * p2c[b, j, delta(i - j)] is the strided one: along a warp (fixed i) j changes, so
- * every lane would hit a different p2c row. Fixing j instead (a diagonal of the
- * tile, ii - rr = const) makes the lanes read consecutive delta(r) of ONE p2c row:
- * the block stages the TILE x TILE p2c values it needs by diagonals (coalesced
- * global reads), into shared memory laid out as [ii][rr], then reads them back
- * row by row. Diagonal writes hit address 33 * lane + 32 * c and row reads
- * 32 * ii + lane: both bank-conflict free, no padding needed.
+ * p2c[b, j, delta(i - j)] is the strided one: along a warp (fixed i) j changes, so every
+ * lane would hit a different p2c row. Fixing j instead (a diagonal of the tile,
+ * c = ii - rr = const) makes the lanes read consecutive delta(r) of ONE p2c row: the
+ * block stages the 64 x 64 p2c values it needs diagonal by diagonal (coalesced global
+ * reads) into shared memory laid out [ii][rr] (fp32, 16 KiB), then reads them back row by
+ * row. Diagonal writes hit word 65 * rr + 64 * c (bank = lane) and row reads
+ * 64 * ii + rr (bank = lane): both conflict-free without padding.
  *
- * Every element (b, i, delta) of c2p and (b, j, delta) of p2c that an output needs
- * is loaded by exactly one tile (duplicates only where the bucket table repeats a
- * value, and those fall in the same sectors), so global traffic is the byte floor
- * up to 32-byte sector rounding at tile edges:
- *     read c2c + write out + read the used part of c2p and p2c.
- * For a query tile the r range [i0 - Sk + 1, i0 + TILE - 1] is cut into
- * ceil((Sk + TILE - 1) / TILE) tiles; the partial ones at both ends are masked
- * (about (TILE - 1) / Sk extra, idle lanes; 6 % at Sk = 512).
+ * Every element (b, i, delta) of c2p and (b, j, delta) of p2c that an output needs is
+ * loaded by exactly one tile (repeats only where the bucket table repeats a value, and
+ * those fall in the same sectors), so DRAM traffic is the byte floor
+ *     read c2c + write out + read the used part of c2p and p2c,
+ * and L2 -> SM traffic exceeds it only by 32-byte sector rounding of the tile's row
+ * segments and diagonals (modelled for fp16, span 256: 1.37x the floor at S = 512, 1.49x
+ * at S = 2048; 32-wide tiles would be 1.73x / 1.98x).
+ * For a query tile the r range [i0 - Sk + 1, i0 + 63] is cut into ceil((Sk + 63) / 64)
+ * tiles; the partial ones at both ends are masked (~63 / Sk idle lanes, 12 % at Sk = 512).
  *
- * Bounds: every access is predicated on 0 <= i < Sq and 0 <= j < Sk; the table
- * index is clamped into [0, L - 1] and delta into [0, 2*span - 1], so any table
- * (even a non-monotone or too short one) reads in range. Leading rows run over
- * gridDim.y with a stride loop, so any row count works; offsets are 64-bit.
+ * Bounds: every access is predicated on 0 <= i < Sq and 0 <= j < Sk; the table index is
+ * clamped into [0, L - 1] and delta into [0, 2*span - 1], so any table (even a
+ * non-monotone or too short one) reads in range. Leading rows run over gridDim.y with a
+ * stride loop, so any row count works; offsets that can pass 2^31 are 64-bit.
  */
 #include "disentangled_attention_kernel.cuh"
 
@@ -44,15 +45,19 @@ namespace debertrt
 namespace
 {
 
-constexpr int32_t kTile = 32;                      // query rows and relative positions per block
-constexpr int32_t kWarps = 8;                      // block = kTile x kWarps threads
-constexpr int32_t kRowsPerWarp = kTile / kWarps;   // outputs per thread per tile
-constexpr int32_t kDiagonals = 2 * kTile - 1;      // ii - rr in [-(kTile - 1), kTile - 1]
-constexpr int32_t kDiagonalsPerWarp = (kDiagonals + kWarps - 1) / kWarps;
+constexpr int32_t kWarpSize = 32;
+constexpr int32_t kTile = 64;                     // query rows and relative positions per block
+constexpr int32_t kWarps = 8;                     // block = kWarpSize x kWarps threads
+constexpr int32_t kHalves = kTile / kWarpSize;    // r columns per lane: rr = lane + 32 * h
+constexpr int32_t kRowsPerWarp = kTile / kWarps;  // rows ii = warp + 8 * k
+constexpr int32_t kRowsPerBatch = 4;              // rows whose loads are in flight together
+constexpr int32_t kStepsPerHalf = kTile + kWarpSize - 1; // diagonals meeting one half-tile
+constexpr int32_t kSteps = kHalves * kStepsPerHalf;      // staging steps (warp-wide loads)
+constexpr int32_t kStepsPerWarp = (kSteps + kWarps - 1) / kWarps;
 constexpr int32_t kMaxGridY = 65535;
-constexpr int32_t kMinBlocksPerSm = 4;             // caps registers at 64 / thread (50 % occupancy)
-static_assert(kTile == 32, "one lane per relative position: the tile width is the warp width");
-static_assert(kTile % kWarps == 0, "rows must split evenly over warps");
+constexpr int32_t kMinBlocksPerSm = 4; // caps registers at 64 / thread (ptxas uses ~48: 5 blocks / SM)
+static_assert(kHalves == 2, "a lane owns two relative positions");
+static_assert(kRowsPerWarp % kRowsPerBatch == 0, "rows must split into batches");
 
 template <typename T>
 struct Io;
@@ -120,12 +125,21 @@ struct KernelShape
     float posScale;
 };
 
+__device__ __forceinline__ int32_t deltaOf(int32_t r, int32_t const* __restrict__ relTable, KernelShape const& shape)
+{
+    int64_t tableIdx = static_cast<int64_t>(r) + (static_cast<int64_t>(shape.tableLen) + 1) / 2 - 1;
+    tableIdx = tableIdx < 0 ? 0 : (tableIdx >= shape.tableLen ? shape.tableLen - 1 : tableIdx);
+    int64_t delta = static_cast<int64_t>(__ldg(relTable + tableIdx)) + shape.span;
+    delta = delta < 0 ? 0 : (delta >= shape.width ? shape.width - 1 : delta);
+    return static_cast<int32_t>(delta);
+}
+
 // c2c and out are not __restrict__: out may alias c2c (each element is read, then
 // written, by the same thread). c2p, p2c and the table are read-only and never aliased.
 // Index arithmetic is 32-bit within a row (validated: Sq + Sk + 4 * TILE and 2 * span fit
 // int32); anything that can pass 2^31 (row * Sk, b * Sq * Sk) is 64-bit.
 template <typename T>
-__global__ void __launch_bounds__(kTile* kWarps, kMinBlocksPerSm) disentangledAttentionKernel(T const* c2c,
+__global__ void __launch_bounds__(kWarpSize* kWarps, kMinBlocksPerSm) disentangledAttentionKernel(T const* c2c,
     T const* __restrict__ c2p, T const* __restrict__ p2c, int32_t const* __restrict__ relTable, T* out,
     KernelShape const shape)
 {
@@ -136,15 +150,12 @@ __global__ void __launch_bounds__(kTile* kWarps, kMinBlocksPerSm) disentangledAt
     int32_t const iTile = static_cast<int32_t>(blockIdx.x) / shape.nRTiles;
     int32_t const rTile = static_cast<int32_t>(blockIdx.x) - iTile * shape.nRTiles;
     int32_t const i0 = iTile * kTile;
-    // The r range of this query tile starts at i0 - (Sk - 1).
-    int32_t const r = i0 - (shape.sk - 1) + rTile * kTile + lane;
-
-    // delta(r): clamp the table index, then the gathered column.
-    int64_t tableIdx = static_cast<int64_t>(r) + (static_cast<int64_t>(shape.tableLen) + 1) / 2 - 1;
-    tableIdx = tableIdx < 0 ? 0 : (tableIdx >= shape.tableLen ? shape.tableLen - 1 : tableIdx);
-    int64_t delta64 = static_cast<int64_t>(__ldg(relTable + tableIdx)) + shape.span;
-    delta64 = delta64 < 0 ? 0 : (delta64 >= shape.width ? shape.width - 1 : delta64);
-    int32_t const delta = static_cast<int32_t>(delta64);
+    // r of column rr = 0; the r range of this query tile starts at i0 - (Sk - 1).
+    int32_t const rBase = i0 - (shape.sk - 1) + rTile * kTile;
+    int32_t const r0 = rBase + lane;             // column rr = lane
+    int32_t const r1 = rBase + lane + kWarpSize; // column rr = lane + 32
+    int32_t const delta0 = deltaOf(r0, relTable, shape);
+    int32_t const delta1 = deltaOf(r1, relTable, shape);
 
     bool const hasC2p = c2p != nullptr;
     bool const hasP2c = p2c != nullptr;
@@ -154,19 +165,28 @@ __global__ void __launch_bounds__(kTile* kWarps, kMinBlocksPerSm) disentangledAt
     {
         if (hasP2c)
         {
-            // Stage p2c[b, j, delta(r)] for the tile, one diagonal c = ii - rr (i.e. one p2c row
-            // j = i0 + c - r0) per warp step: lanes read consecutive delta(r) of that row.
+            // Stage p2c[b, j, delta(r)] for the tile. Step s covers half h of diagonal
+            // c = ii - rr, i.e. p2c row j = i0 + c - rBase (the same for the whole warp):
+            // lanes read consecutive delta(r) of that row.
             T const* p2cB = p2c + b * shape.sk * shape.width;
-#pragma unroll
-            for (int32_t k = 0; k < kDiagonalsPerWarp; ++k)
+#pragma unroll 4
+            for (int32_t m = 0; m < kStepsPerWarp; ++m)
             {
-                int32_t const c = warp + k * kWarps - (kTile - 1);
-                int32_t const ii = lane + c;
-                int32_t const i = i0 + ii;
-                int32_t const j = i - r;
-                if (c < kTile && ii >= 0 && ii < kTile && i < shape.sq && j >= 0 && j < shape.sk)
+                int32_t const step = warp + m * kWarps;
+                int32_t const h = step >= kStepsPerHalf ? 1 : 0;
+                // h = 0: c in [-31, 63]; h = 1: c in [-63, 31] (the diagonals meeting that half).
+                int32_t const c = h == 0 ? step - (kWarpSize - 1) : step - kStepsPerHalf - (kTile - 1);
+                int32_t const j = i0 + c - rBase;
+                if (step >= kSteps || j < 0 || j >= shape.sk)
                 {
-                    p2cTile[ii * kTile + lane] = Io<T>::load(p2cB + static_cast<int64_t>(j) * shape.width + delta);
+                    continue; // warp-uniform
+                }
+                int32_t const rr = lane + h * kWarpSize;
+                int32_t const ii = rr + c;
+                if (ii >= 0 && ii < kTile && i0 + ii < shape.sq)
+                {
+                    p2cTile[ii * kTile + rr]
+                        = Io<T>::load(p2cB + static_cast<int64_t>(j) * shape.width + (h == 0 ? delta0 : delta1));
                 }
             }
             __syncthreads();
@@ -176,40 +196,56 @@ __global__ void __launch_bounds__(kTile* kWarps, kMinBlocksPerSm) disentangledAt
         T* outB = out + b * matrix;
         T const* c2pB = hasC2p ? c2p + b * shape.sq * shape.width : nullptr;
 
-        // Gather everything first (independent loads in flight), then compute and store.
-        float content[kRowsPerWarp];
-        float position[kRowsPerWarp];
-#pragma unroll
-        for (int32_t k = 0; k < kRowsPerWarp; ++k)
+        // Not unrolled: unrolling hoists all 16 outputs' loads and addresses (~128 registers);
+        // one batch of 4 rows x 2 columns keeps 16 loads in flight at ~48 registers (5 blocks / SM).
+#pragma unroll 1
+        for (int32_t batch = 0; batch < kRowsPerWarp / kRowsPerBatch; ++batch)
         {
-            int32_t const ii = warp + k * kWarps;
-            int32_t const i = i0 + ii;
-            int32_t const j = i - r;
-            content[k] = 0.0F;
-            position[k] = 0.0F;
-            if (i < shape.sq && j >= 0 && j < shape.sk)
+            // Gather a batch first (independent loads in flight), then compute and store.
+            float content[kRowsPerBatch][kHalves];
+            float position[kRowsPerBatch][kHalves];
+#pragma unroll
+            for (int32_t k = 0; k < kRowsPerBatch; ++k)
             {
-                content[k] = Io<T>::loadAliased(c2cB + static_cast<int64_t>(i) * shape.sk + j);
-                if (hasC2p)
+                int32_t const ii = warp + (batch * kRowsPerBatch + k) * kWarps;
+                int32_t const i = i0 + ii;
+#pragma unroll
+                for (int32_t h = 0; h < kHalves; ++h)
                 {
-                    position[k] = Io<T>::load(c2pB + static_cast<int64_t>(i) * shape.width + delta);
-                }
-                if (hasP2c)
-                {
-                    // Same order as the reference: 0 + c2p, then + p2c.
-                    position[k] = __fadd_rn(position[k], p2cTile[ii * kTile + lane]);
+                    int32_t const j = i - (h == 0 ? r0 : r1);
+                    content[k][h] = 0.0F;
+                    position[k][h] = 0.0F;
+                    if (i < shape.sq && j >= 0 && j < shape.sk)
+                    {
+                        content[k][h] = Io<T>::loadAliased(c2cB + static_cast<int64_t>(i) * shape.sk + j);
+                        if (hasC2p)
+                        {
+                            position[k][h] = Io<T>::load(
+                                c2pB + static_cast<int64_t>(i) * shape.width + (h == 0 ? delta0 : delta1));
+                        }
+                        if (hasP2c)
+                        {
+                            // Same order as the reference: 0 + c2p, then + p2c.
+                            position[k][h]
+                                = __fadd_rn(position[k][h], p2cTile[ii * kTile + lane + h * kWarpSize]);
+                        }
+                    }
                 }
             }
-        }
 #pragma unroll
-        for (int32_t k = 0; k < kRowsPerWarp; ++k)
-        {
-            int32_t const i = i0 + warp + k * kWarps;
-            int32_t const j = i - r;
-            if (i < shape.sq && j >= 0 && j < shape.sk)
+            for (int32_t k = 0; k < kRowsPerBatch; ++k)
             {
-                float const value = __fadd_rn(content[k], __fmul_rn(shape.posScale, position[k]));
-                Io<T>::store(outB + static_cast<int64_t>(i) * shape.sk + j, value);
+                int32_t const i = i0 + warp + (batch * kRowsPerBatch + k) * kWarps;
+#pragma unroll
+                for (int32_t h = 0; h < kHalves; ++h)
+                {
+                    int32_t const j = i - (h == 0 ? r0 : r1);
+                    if (i < shape.sq && j >= 0 && j < shape.sk)
+                    {
+                        float const value = __fadd_rn(content[k][h], __fmul_rn(shape.posScale, position[k][h]));
+                        Io<T>::store(outB + static_cast<int64_t>(i) * shape.sk + j, value);
+                    }
+                }
             }
         }
 
@@ -252,7 +288,7 @@ cudaError_t validateDisentangledAttention(int32_t dtype, DisentangledAttentionAr
     }
     // Grid: x = query tiles * r tiles must fit a signed 32-bit block index.
     int64_t const nITiles = (static_cast<int64_t>(args.sq) + kTile - 1) / kTile;
-    int64_t const nRTiles = (static_cast<int64_t>(args.sk) + 2 * kTile - 2) / kTile;
+    int64_t const nRTiles = (static_cast<int64_t>(args.sk) + 2 * kTile - 2) / kTile; // ceil((Sk + TILE - 1) / TILE)
     if (nITiles * nRTiles > INT32_MAX)
     {
         return cudaErrorInvalidValue;
@@ -278,7 +314,7 @@ cudaError_t launchDisentangledAttention(DisentangledAttentionArgs const& args, c
     shape.posScale = args.posScale;
     int32_t const nITiles = ceilDiv(args.sq, kTile);
 
-    dim3 const block(kTile, kWarps, 1);
+    dim3 const block(kWarpSize, kWarps, 1);
     dim3 const grid(static_cast<unsigned>(nITiles) * static_cast<unsigned>(shape.nRTiles),
         static_cast<unsigned>(args.rows < kMaxGridY ? args.rows : kMaxGridY), 1);
     disentangledAttentionKernel<T><<<grid, block, 0, stream>>>(static_cast<T const*>(args.c2c),

@@ -10,6 +10,7 @@
 #include <NvInferRuntime.h>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -18,6 +19,9 @@ namespace debertrt
 {
 namespace plugin
 {
+
+//! Number of fields (position_buckets, max_relative_positions, pos_scale, has_c2p, has_p2c).
+constexpr size_t kDisentangledAttentionNbFields = 5;
 
 //! The plugin's fields (all required; see plugins/spec.py).
 struct DisentangledAttentionParameters
@@ -92,7 +96,7 @@ private:
     DisentangledAttentionParameters mParams;
     std::string mTimingCacheId;
     std::string mMetadata;
-    std::array<nvinfer1::PluginField, 5> mSerialFields{};
+    std::array<nvinfer1::PluginField, kDisentangledAttentionNbFields> mSerialFields{};
     nvinfer1::PluginFieldCollection mSerialCollection{};
     bool mInt8Reported{false};
 };
@@ -111,7 +115,7 @@ public:
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
 private:
-    std::array<nvinfer1::PluginField, 5> mFields{};
+    std::array<nvinfer1::PluginField, kDisentangledAttentionNbFields> mFields{};
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
