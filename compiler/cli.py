@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(run=_cmd_export)
 
+    p = sub.add_parser("rewrite", help="DIR/model.onnx -> DIR/model.plugin.onnx (one DisentangledAttention node per layer)")
+    p.add_argument("onnx", type=Path, help="a model.onnx written by 'debertrt export' (its manifest.json gives the config)")
+    p.add_argument("--out", type=Path, default=None, help="output path (default: DIR/model.plugin.onnx)")
+    p.set_defaults(run=_cmd_rewrite)
+
+    _add_calibrate_command(sub)
+
     p = sub.add_parser("parity", help="check artifacts against the PyTorch fp32 reference")
     _add_model_args(p)
     p.add_argument("--artifact", type=Path, action="append", required=True,
@@ -76,13 +83,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report path stem: writes OUT.json, OUT.md, OUT_errors.png")
     p.set_defaults(run=_cmd_parity)
 
-    p = sub.add_parser("build", help="the whole chain into one directory (no arguments: tiny-deberta-v3)")
+    p = sub.add_parser("build", help="export -> rewrite -> fp16/int8 -> engines -> parity into one directory "
+                                     "(no arguments: tiny-deberta-v3)")
     _add_model_args(p, required=False)
     _add_export_args(p)
     _add_data_args(p)
+    p.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"), default=None,
+                   help="artifacts to produce (repeat; default fp32, fp16 and int8)")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "tensorrt-rtx", "none"), default="auto",
+                   help="engine builder (default auto: TensorRT, else TensorRT-RTX, else none)")
+    p.add_argument("--profile", type=_profile, action="append", default=None,
+                   help="engine optimization profile, e.g. batch=1:4:16,sequence=1:128:512 (repeat for several)")
+    p.add_argument("--method", choices=("max", "percentile", "entropy", "mse"), default="max",
+                   help="int8 calibration method (default max)")
+    p.add_argument("--max-accuracy-loss", type=float, default=0.01,
+                   help="int8 fallback budget, relative to fp32 (default 0.01)")
+    p.add_argument("--plugin-library", type=Path, default=None,
+                   help="libdebertrt_plugins.so for TensorRT plugin engines")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output directory (default ./{DEFAULT_OUT})")
     p.set_defaults(run=_cmd_build)
+    _add_engine_commands(sub)
     return parser
+
+
+def _profile(text: str):
+    from .engine import Profile
+
+    try:
+        return Profile.parse(text)
+    except DebertrtError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_engine_commands(sub) -> None:
+    from .engine import BACKENDS, DEFAULT_OPTIMIZATION_LEVEL, RTX_COMPUTE_CAPABILITIES
+
+    p = sub.add_parser("engine", help="an ONNX artifact -> DIR/engine.plan + engine.json (TensorRT or TensorRT-RTX)")
+    p.add_argument("onnx", type=Path, help="model.onnx, model.plugin.onnx, model.fp16.onnx or model.int8.onnx")
+    p.add_argument("--backend", choices=BACKENDS, default="tensorrt",
+                   help="tensorrt (10.x/11.x, needs a GPU) or tensorrt-rtx (ahead of time, no GPU, no plugins)")
+    p.add_argument("--profile", type=_profile, action="append", default=None,
+                   help="optimization profile, e.g. batch=1:4:16,sequence=1:128:512 (repeat for several; "
+                        "default batch=1:4:16,sequence=1:128:<model max>)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: the ONNX file's)")
+    p.add_argument("--name", default="engine", help="writes NAME.plan and NAME.json (default engine)")
+    p.add_argument("--optimization-level", type=int, choices=range(6), default=DEFAULT_OPTIMIZATION_LEVEL,
+                   metavar="0-5", help=f"builder optimization level (default {DEFAULT_OPTIMIZATION_LEVEL})")
+    p.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, read and updated (TensorRT)")
+    p.add_argument("--plugin-library", type=Path, default=None,
+                   help="libdebertrt_plugins.so for plugin graphs (default: $DEBERTRT_PLUGIN_LIBRARY or build/plugins)")
+    p.add_argument("--workspace", type=_positive, default=None, metavar="MIB", help="workspace memory limit in MiB")
+    p.add_argument("--compute-capability", action="append", default=None,
+                   choices=RTX_COMPUTE_CAPABILITIES, help="TensorRT-RTX target (repeat; default: its portable set)")
+    p.add_argument("--verbose", action="store_true", help="print the builder's warnings")
+    p.set_defaults(run=_cmd_engine)
+
+    p = sub.add_parser("export-triton", help="a built engine -> a Triton model repository")
+    p.add_argument("--engine", type=Path, required=True, help="engine directory, NAME.plan or NAME.json")
+    p.add_argument("--out", type=Path, required=True, help="model repository directory (created or added to)")
+    p.add_argument("--name", default=None, help="Triton model name (default <model>-<task>)")
+    p.add_argument("--plugin-library", type=Path, default=None,
+                   help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
+                        "beside the one the engine was built with)")
+    p.add_argument("--instances", type=_positive, default=1, help="model instances per GPU (default 1)")
+    p.set_defaults(run=_cmd_export_triton)
 
 
 def _dataset(args, ref):
@@ -112,6 +176,117 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_rewrite(args) -> int:
+    from .artifacts import read_json
+    from .rewrite import report_path_for, rewrite, summary
+
+    path = rewrite(args.onnx, args.out)
+    report = report_path_for(path)
+    print(f"wrote {path} (report {report.name})")
+    print(summary(read_json(report)))
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (relative), got {value}")
+    return value
+
+
+def _add_calibrate_command(sub) -> None:
+    from debertrt.calibration.fp16 import DEFAULT_THRESHOLD, FP16_MAX
+    from debertrt.calibration.int8 import METHODS
+
+    p = sub.add_parser("calibrate", help="DIR/model.onnx -> DIR/model.fp16.onnx or DIR/model.int8.onnx "
+                                         "(precision lives in the ONNX: fp32 islands / explicit Q/DQ)")
+    p.add_argument("onnx", type=Path, help="the fp32 model.onnx (or model.plugin.onnx) of 'debertrt export' / 'rewrite'")
+    p.add_argument("--precision", choices=("fp16", "int8"), required=True)
+    p.add_argument("--model", default=None, help="preset or checkpoint directory (default: DIR/manifest.json's export)")
+    p.add_argument("--task", default=None, help="the model's task (default: DIR/manifest.json's export)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="calibration examples, .txt/.jsonl/.csv, tokenized with the checkpoint's tokenizer "
+                        "(default: random token batches with padding)")
+    p.add_argument("--eval-data", type=Path, default=None,
+                   help="int8 fallback: examples (with labels: accuracy, else agreement with fp32) "
+                        "(default: the preset's evaluation set, else the calibration data)")
+    p.add_argument("--batches", type=_positive, default=8, help="random calibration batches (default 8)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="examples per batch (default 8)")
+    p.add_argument("--max-length", type=_positive, default=None,
+                   help="longest sequence (default: 128 for random data, the model's maximum for files)")
+    p.add_argument("--method", choices=METHODS, default="max", help="int8 range calibration (default max)")
+    p.add_argument("--max-accuracy-loss", type=_fraction, default=0.01,
+                   help="int8: largest task-metric loss relative to fp32 before layers fall back (default 0.01)")
+    p.add_argument("--no-fallback", action="store_true", help="int8: quantize every weight MatMul, measure nothing")
+    p.add_argument("--fp16-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"fp16: activations above this |x| stay fp32 (default {DEFAULT_THRESHOLD:g} = half of "
+                        f"{FP16_MAX:g})")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output path (default: DIR/model.fp16.onnx or DIR/model.int8.onnx)")
+    p.set_defaults(run=_cmd_calibrate)
+
+
+def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
+    from .artifacts import MANIFEST, read_json
+
+    manifest = onnx_path.parent / MANIFEST
+    if not manifest.is_file():
+        return None, None
+    try:
+        inputs = read_json(manifest)["stages"]["export"]["inputs"]
+        return inputs.get("model"), inputs.get("task")
+    except (KeyError, TypeError, ValueError):
+        return None, None
+
+
+def _cmd_calibrate(args) -> int:
+    from debertrt.calibration.data import calibration_dataset
+    from .models import load_model
+
+    if not args.onnx.is_file():
+        raise DebertrtError(f"ONNX file {str(args.onnx)!r} not found")
+    model, task = _manifest_model(args.onnx)
+    model, task = args.model or model, args.task or task
+    if bool(model) != bool(task):
+        raise DebertrtError("give both --model and --task (the manifest beside the ONNX names only one)")
+    ref = load_model(model, task) if model else None
+    dataset = None
+    if args.data is not None or ref is not None:
+        dataset = calibration_dataset(ref, args.data, batches=args.batches, batch_size=args.batch_size,
+                                      max_length=args.max_length)
+    if args.precision == "fp16":
+        from debertrt.calibration.fp16 import Fp16Options, report_paths, to_fp16
+
+        path = to_fp16(args.onnx, args.out, dataset, ref=ref, options=Fp16Options(threshold=args.fp16_threshold))
+        from .artifacts import read_json
+
+        s = read_json(report_paths(path)[0])["summary"]
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["fp32_by_kind"].items()))
+        print(f"wrote {path}: {s['nodes_fp16']} nodes fp16, {s['nodes_fp32']} fp32 ({kinds}), "
+              f"{s['casts_inserted']} casts (report {report_paths(path)[1].name})")
+        return 0
+
+    from debertrt.calibration.int8 import Int8Options, quantize_int8, report_paths
+    from .inputs import text_dataset
+
+    evaluation = None
+    if args.eval_data is not None:
+        if ref is None:
+            raise DebertrtError("--eval-data needs the model's tokenizer: pass --model and --task")
+        evaluation = text_dataset(ref, args.eval_data, batch_size=args.batch_size, max_length=args.max_length)
+    options = Int8Options(method=args.method, max_accuracy_loss=None if args.no_fallback else args.max_accuracy_loss)
+    path = quantize_int8(args.onnx, args.out, dataset, ref=ref, task=task, eval_dataset=evaluation, options=options)
+    from .artifacts import read_json
+
+    s = read_json(report_paths(path)[0])["summary"]
+    print(f"wrote {path}: {s['quantized_matmuls']}/{s['candidate_matmuls']} MatMul/Gemm in int8; {s['metric']} "
+          f"fp32 {s['fp32']:.4f} -> int8 {s['int8']:.4f}"
+          + (f" ({'within' if s['within_budget'] else 'NOT within'} budget)" if not args.no_fallback else "")
+          + (f"; left in float: {', '.join(s['float_groups'])}" if s["float_groups"] else "")
+          + f" (report {report_paths(path)[1].name})")
+    return 0
+
+
 def _print_summary(result: dict, report: Path) -> None:
     for e in result["artifacts"]:
         name = Path(e["path"]).name
@@ -137,18 +312,40 @@ def _cmd_parity(args) -> int:
 
 
 def _cmd_build(args) -> int:
-    from .export import export
     from .models import load_model
-    from .parity import parity
+    from .pipeline import PRECISIONS, BuildOptions, build
 
+    options = BuildOptions(precisions=tuple(args.precision or PRECISIONS), backend=args.backend,
+                           profiles=tuple(args.profile or ()), export=_export_options(args),
+                           calibration_data=args.data, method=args.method,
+                           max_accuracy_loss=args.max_accuracy_loss, plugin_library=args.plugin_library)
     ref = load_model(args.model, args.task)
-    print(f"[1/2] export {ref.name} ({ref.task}) -> {args.out}")
-    onnx_path = export(ref, args.out, _export_options(args))
-    print(f"[2/2] parity")
-    report = args.out / "parity"
-    result = parity(ref, [onnx_path], _dataset(args, ref), report)
-    _print_summary(result, report)
-    return 0 if result["passed"] else 1
+    result = build(ref, args.out, options, _dataset(args, ref))
+    for note in result.notes:
+        print(f"note: {note}")
+    _print_summary(result.parity, args.out / "parity")
+    return 0 if result.parity["passed"] else 1
+
+
+def _cmd_engine(args) -> int:
+    from .engine import EngineOptions, build_engine
+
+    options = EngineOptions(backend=args.backend, profiles=tuple(args.profile or ()),
+                            optimization_level=args.optimization_level, timing_cache=args.timing_cache,
+                            plugin_library=args.plugin_library, workspace_mib=args.workspace,
+                            compute_capabilities=tuple(args.compute_capability or ()), verbose=args.verbose)
+    plan = build_engine(args.onnx, args.out or args.onnx.parent, options, name=args.name)
+    print(f"wrote {plan} and {plan.with_suffix('.json').name}")
+    return 0
+
+
+def _cmd_export_triton(args) -> int:
+    from .triton import export_triton
+
+    model_dir = export_triton(args.engine, args.out, name=args.name, plugin_library=args.plugin_library,
+                              instances=args.instances)
+    print(f"wrote {model_dir} (see {args.out / 'README.md'})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,9 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
 
 # Presets that need more than a config: "module:function" taking the task, returning a
 # ReferenceModel (imported only when asked for).
-EXTRA_PRESETS: dict[str, str] = {}
+EXTRA_PRESETS: dict[str, str] = {
+    "tiny-deberta-v3-trained": "debertrt.calibration.trained:load",
+}
 
 
 def _load_checkpoint(path: Path, task: str) -> ReferenceModel:

@@ -94,10 +94,28 @@ def test_failed_export_leaves_no_partial_files(tmp_path, capsys, monkeypatch):
 
 def test_main_job_runs_with_no_arguments(tmp_path):
     """README's main job: `debertrt build` with no arguments, here in a scratch directory."""
+    import json
+    import importlib.util
+
     result = subprocess.run([sys.executable, "-m", "debertrt.compiler.cli", "build"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "debertrt-out"
-    assert (out / "model.onnx").is_file()
-    assert (out / "parity.md").is_file() and (out / "parity.json").is_file()
+    onnx_artifacts = ["model.onnx", "model.plugin.onnx", "model.fp16.onnx", "model.plugin.fp16.onnx",
+                      "model.int8.onnx", "model.plugin.int8.onnx"]
+    for name in onnx_artifacts:
+        assert (out / name).is_file(), name
+    report = json.loads((out / "parity.json").read_text())
+    checked = [e["path"].rsplit("/", 1)[-1] for e in report["artifacts"]]
+    assert checked[:6] == onnx_artifacts  # every artifact is checked, not only the fp32 one
+    assert all(e["passed"] for e in report["artifacts"] if e["status"] == "ran")
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {"export", "rewrite"} <= set(stages)
+    if importlib.util.find_spec("tensorrt_rtx_bindings") or importlib.util.find_spec("tensorrt"):
+        engines = sorted(p.name for p in out.glob("engine*.plan"))
+        assert len(engines) == 3, engines
+        assert all((out / name.replace(".plan", ".json")).is_file() for name in engines)
+    else:
+        print("no engine builder installed: engines not checked")
+    assert (out / "parity.md").is_file()
     assert "report:" in result.stdout and "PASSED" in result.stdout
