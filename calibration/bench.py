@@ -92,22 +92,26 @@ def _session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(sessions: dict, batch: int, sequence: int, vocab: int, warmup: int, repeat: int) -> dict:
-    """Median latency per session, runs interleaved round-robin so that load from other
+def latency_ms(sessions: dict, batch: int, sequence: int, vocab: int, warmup: int, repeat: int,
+               rounds: int = 2) -> dict:
+    """Median latency per session. Runs come in blocks, one variant at a time (ONNX Runtime's
+    worker threads spin after a run, so interleaving single runs would slow the next
+    variant), and the blocks alternate over ``rounds`` so that drifting load from other
     processes on a shared machine hits every variant alike."""
     rng = np.random.default_rng(0)
     base = {"input_ids": rng.integers(1, vocab, size=(batch, sequence), dtype=np.int64),
             "attention_mask": np.ones((batch, sequence), np.int64)}
     feeds = {v: {i.name: base[i.name] for i in s.get_inputs()} for v, s in sessions.items()}
-    for _ in range(warmup):
-        for v, s in sessions.items():
-            s.run(None, feeds[v])
     times = {v: [] for v in sessions}
-    for _ in range(repeat):
+    per_round = max(1, -(-repeat // rounds))
+    for _ in range(rounds):
         for v, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[v])
-            times[v].append((time.perf_counter() - start) * 1e3)
+            for _ in range(warmup):
+                s.run(None, feeds[v])
+            for _ in range(per_round):
+                start = time.perf_counter()
+                s.run(None, feeds[v])
+                times[v].append((time.perf_counter() - start) * 1e3)
     return {v: statistics.median(t) for v, t in times.items()}
 
 

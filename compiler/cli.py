@@ -194,6 +194,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _fp16_threshold(text: str) -> float:
+    from debertrt.calibration.fp16 import FP16_MAX
+
+    value = float(text)
+    if not 0 < value <= FP16_MAX:
+        raise argparse.ArgumentTypeError(f"must be in (0, {FP16_MAX:g}], got {value}")
+    return value
+
+
 def _add_calibrate_command(sub) -> None:
     from debertrt.calibration.fp16 import DEFAULT_THRESHOLD, FP16_MAX
     from debertrt.calibration.int8 import METHODS
@@ -218,7 +227,7 @@ def _add_calibrate_command(sub) -> None:
     p.add_argument("--max-accuracy-loss", type=_fraction, default=0.01,
                    help="int8: largest task-metric loss relative to fp32 before layers fall back (default 0.01)")
     p.add_argument("--no-fallback", action="store_true", help="int8: quantize every weight MatMul, measure nothing")
-    p.add_argument("--fp16-threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--fp16-threshold", type=_fp16_threshold, default=DEFAULT_THRESHOLD,
                    help=f"fp16: activations above this |x| stay fp32 (default {DEFAULT_THRESHOLD:g} = half of "
                         f"{FP16_MAX:g})")
     p.add_argument("--out", type=Path, default=None,

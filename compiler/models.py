@@ -145,9 +145,10 @@ def build_from_config(config, task: str, seed: int = PRESET_SEED):
 def load_model(model: str, task: str, config_overrides: dict | None = None) -> ReferenceModel:
     """Load ``model`` (a preset name, or a ``save_pretrained`` directory) with ``task``'s head."""
     check_task(task)
-    if model in PRESETS or model in EXTRA_PRESETS:
-        if model in EXTRA_PRESETS:
-            return EXTRA_PRESETS[model](task)
+    if model in EXTRA_PRESETS:
+        module_name, _, function = EXTRA_PRESETS[model].partition(":")
+        return getattr(importlib.import_module(module_name), function)(task)
+    if model in PRESETS:
         overrides = {"num_labels": 2} if task == "question-answering" else {}  # start and end logits
         overrides.update(config_overrides or {})
         config = preset_config(model, **overrides)
