@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from debertrt.compiler.artifacts import record_stage, sha256, write_json, write_text
+from debertrt.compiler.artifacts import record_stage, sha256, sibling, write_json, write_text
 from debertrt.compiler.errors import DebertrtError
 
 from . import graph as G
@@ -86,13 +86,7 @@ class Fp16Options:
 
 def fp16_path_for(onnx_path: str | os.PathLike) -> Path:
     """model.onnx -> model.fp16.onnx, model.plugin.onnx -> model.plugin.fp16.onnx."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + ".fp16.onnx")
-
-
-def report_paths(out_path: Path) -> tuple[Path, Path]:
-    stem = out_path.name[: -len(".onnx")]
-    return out_path.with_name(stem + ".json"), out_path.with_name(stem + ".md")
+    return sibling(onnx_path, ".fp16.onnx")
 
 
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None, *,
@@ -118,7 +112,7 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     G.save(converted, out)
 
     report = _report(src, out, dataset, ranges, decision, options, check)
-    json_path, md_path = report_paths(out)
+    json_path, md_path = G.report_paths(out)
     write_json(json_path, report)
     write_text(md_path, render_markdown(report))
     stage = "fp16" if src.name == "model.onnx" else f"fp16:{src.name}"

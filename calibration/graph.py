@@ -10,10 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from debertrt.compiler.artifacts import sibling
 from debertrt.compiler.errors import DebertrtError
 
 PROTOBUF_LIMIT = 2 * 1024**3
 FLOAT_TYPES = (1, 10, 16)  # FLOAT, FLOAT16, BFLOAT16
+
+
+def report_paths(out_path: str | os.PathLike) -> tuple[Path, Path]:
+    """A precision pass's JSON and Markdown reports beside its artifact."""
+    return sibling(out_path, ".json"), sibling(out_path, ".md")
 
 
 def load(path: str | os.PathLike):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from debertrt.compiler.artifacts import record_stage, sha256, write_json, write_text
+from debertrt.compiler.artifacts import record_stage, sha256, sibling, write_json, write_text
 from debertrt.compiler.errors import DebertrtError, InternalError
 
 from . import graph as G
@@ -78,13 +78,7 @@ class Int8Options:
 
 def int8_path_for(onnx_path: str | os.PathLike) -> Path:
     """model.onnx -> model.int8.onnx, model.plugin.onnx -> model.plugin.int8.onnx."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + ".int8.onnx")
-
-
-def report_paths(out_path: Path) -> tuple[Path, Path]:
-    stem = out_path.name[: -len(".onnx")]
-    return out_path.with_name(stem + ".json"), out_path.with_name(stem + ".md")
+    return sibling(onnx_path, ".int8.onnx")
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -135,7 +129,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
 
     report = _report(src, out, prepared, dataset, eval_dataset, task, options, ranges, tensors_range, groups, fallback,
                      placement)
-    json_path, md_path = report_paths(out)
+    json_path, md_path = G.report_paths(out)
     write_json(json_path, report)
     write_text(md_path, render_markdown(report))
     stage = "int8" if src.name == "model.onnx" else f"int8:{src.name}"

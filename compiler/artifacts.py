@@ -56,6 +56,14 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def sibling(path: str | os.PathLike, suffix: str) -> Path:
+    """``DIR/model.plugin.onnx`` + ``.fp16.onnx`` -> ``DIR/model.plugin.fp16.onnx``: derived
+    artifacts and reports are named after the artifact they come from."""
+    path = Path(path)
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return path.with_name(stem + suffix)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -264,7 +264,8 @@ def _cmd_calibrate(args) -> int:
         dataset = calibration_dataset(ref, args.data, batches=args.batches, batch_size=args.batch_size,
                                       max_length=args.max_length)
     if args.precision == "fp16":
-        from debertrt.calibration.fp16 import Fp16Options, report_paths, to_fp16
+        from debertrt.calibration.fp16 import Fp16Options, to_fp16
+        from debertrt.calibration.graph import report_paths
 
         path = to_fp16(args.onnx, args.out, dataset, ref=ref, options=Fp16Options(threshold=args.fp16_threshold))
         from .artifacts import read_json
@@ -275,7 +276,8 @@ def _cmd_calibrate(args) -> int:
               f"{s['casts_inserted']} casts (report {report_paths(path)[1].name})")
         return 0
 
-    from debertrt.calibration.int8 import Int8Options, quantize_int8, report_paths
+    from debertrt.calibration.graph import report_paths
+    from debertrt.calibration.int8 import Int8Options, quantize_int8
     from .inputs import text_dataset
 
     evaluation = None

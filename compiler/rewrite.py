@@ -46,7 +46,7 @@ import numpy as np
 
 from debertrt.plugins.spec import DOMAIN, OP_TYPE
 
-from .artifacts import MANIFEST, atomic_path, read_json, record_stage, sha256, write_json
+from .artifacts import MANIFEST, atomic_path, read_json, record_stage, sha256, sibling, write_json
 from .errors import DebertrtError, InternalError
 from .patterns import (LayerMatch, PatternError, constant_value, find_disentangled_attention,
                        node_scopes, scale_on_scores)
@@ -141,16 +141,13 @@ def config_from_dict(config: dict):
 
 
 def plugin_path_for(onnx_path: str | os.PathLike) -> Path:
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.name[: -len(".onnx")] + PLUGIN_SUFFIX
-                               if onnx_path.name.endswith(".onnx") else onnx_path.name + PLUGIN_SUFFIX)
+    """``DIR/model.onnx`` -> ``DIR/model.plugin.onnx``."""
+    return sibling(onnx_path, PLUGIN_SUFFIX)
 
 
 def report_path_for(out_path: str | os.PathLike) -> Path:
     """``DIR/model.plugin.onnx`` -> ``DIR/model.plugin.rewrite.json``."""
-    out_path = Path(out_path)
-    stem = out_path.name[: -len(".onnx")] if out_path.name.endswith(".onnx") else out_path.name
-    return out_path.with_name(stem + REPORT_SUFFIX)
+    return sibling(out_path, REPORT_SUFFIX)
 
 
 def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None) -> Path:

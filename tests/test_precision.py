@@ -18,8 +18,8 @@ from debertrt.calibration import trained
 from debertrt.calibration import graph as G
 from debertrt.calibration.data import calibration_dataset
 from debertrt.calibration.fp16 import to_fp16
-from debertrt.calibration.int8 import (Int8Options, accuracy_fallback, check_placement, quantize_int8,
-                                       report_paths)
+from debertrt.calibration.graph import report_paths
+from debertrt.calibration.int8 import Int8Options, accuracy_fallback, check_placement, quantize_int8
 from debertrt.compiler.errors import DebertrtError
 from debertrt.compiler.inputs import Dataset
 
