@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.compiler.artifacts import sibling
-from debertrt.compiler.errors import DebertrtError
+from debertrt.compiler.errors import DebertrtError, first_line
 
 PROTOBUF_LIMIT = 2 * 1024**3
 FLOAT_TYPES = (1, 10, 16)  # FLOAT, FLOAT16, BFLOAT16
@@ -32,7 +32,7 @@ def load(path: str | os.PathLike):
     try:
         return onnx.load(str(path), load_external_data=True)
     except Exception as exc:
-        raise DebertrtError(f"cannot read {path} as ONNX: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise DebertrtError(f"cannot read {path} as ONNX: {first_line(exc)}") from exc
 
 
 def is_plugin_node(node) -> bool:
@@ -64,7 +64,7 @@ def value_types(model) -> dict[str, "onnx.TypeProto"]:  # noqa: F821
     try:
         inferred = onnx.shape_inference.infer_shapes(scratch)
     except Exception as exc:
-        raise DebertrtError(f"ONNX shape inference failed on the model: {str(exc).splitlines()[0]}") from exc
+        raise DebertrtError(f"ONNX shape inference failed on the model: {first_line(exc)}") from exc
     types = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         if vi.type.tensor_type.elem_type:
@@ -183,7 +183,7 @@ def session(model, workdir: str | os.PathLike, threads: int | None = None):
         except DebertrtError:
             raise
         except Exception as exc:
-            raise DebertrtError(f"ONNX Runtime cannot load the graph: {str(exc).splitlines()[0]}") from exc
+            raise DebertrtError(f"ONNX Runtime cannot load the graph: {first_line(exc)}") from exc
     finally:
         tmp.unlink(missing_ok=True)
         data.unlink(missing_ok=True)

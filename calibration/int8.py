@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.compiler.artifacts import record_stage, sha256, sibling, write_json, write_text
-from debertrt.compiler.errors import DebertrtError, InternalError
+from debertrt.compiler.errors import DebertrtError, InternalError, first_line
 
 from . import graph as G
 from .data import BatchReader, calibration_dataset, check_dataset, feeds, vocab_size
@@ -268,7 +268,7 @@ def calibrate(prepared_path: Path, feed_list: list[dict], options: Int8Options, 
             else:
                 data = calibrator.compute_data()
         except ValueError as exc:  # numpy/ORT on inf or NaN in a histogram
-            raise DebertrtError(f"calibration failed ({str(exc).splitlines()[0]}): the activations hold "
+            raise DebertrtError(f"calibration failed ({first_line(exc)}): the activations hold "
                                 f"non-finite values") from exc
     for name, td in data.items():
         lo, hi = float(np.min(td.range_value[0])), float(np.max(td.range_value[1]))
@@ -497,7 +497,7 @@ class Scorer:
             except DebertrtError:
                 raise
             except Exception as exc:
-                raise DebertrtError(f"evaluation batch {k}: ONNX Runtime failed: {str(exc).splitlines()[0]}") from exc
+                raise DebertrtError(f"evaluation batch {k}: ONNX Runtime failed: {first_line(exc)}") from exc
             outs.append({n: np.asarray(v, np.float32) for n, v in zip(names, values)})
         return outs
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import atomic_path, read_json, record_stage, sha256, write_json
-from .errors import DebertrtError
+from .errors import DebertrtError, first_line
 
 ENGINE_FORMAT = "debertrt-engine/1"
 PLAN_NAME = "engine.plan"
@@ -68,7 +68,7 @@ class Flavour:
             trt = importlib.import_module(self.module)
         except ImportError as exc:
             raise DebertrtError(f"{self.title} is not installed (cannot import {self.module}: "
-                                f"{_first_line(exc)}): {self.install}") from exc
+                                f"{first_line(exc)}): {self.install}") from exc
         major = _major(getattr(trt, "__version__", "0"))
         if major < self.min_major:
             raise DebertrtError(f"{self.title} {trt.__version__} is too old: debertrt needs "
@@ -269,7 +269,7 @@ def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise DebertrtError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+        raise DebertrtError(f"{path}: not a readable ONNX model ({first_line(exc)})") from exc
     nodes = [n for n in _all_nodes(model.graph) if n.op_type == spec.OP_TYPE]
     plugin = None
     if nodes:
@@ -635,11 +635,6 @@ def _worker(request_path: str, result_path: str) -> int:
     return 0
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 # ---- reading engine.json --------------------------------------------------------------
 
 def engine_json_path(path: str | os.PathLike) -> Path:
@@ -659,7 +654,7 @@ def read_engine_json(path: str | os.PathLike) -> dict:
     try:
         data = read_json(json_path)
     except (OSError, ValueError) as exc:
-        raise DebertrtError(f"{json_path} is corrupt ({_first_line(exc)}): rebuild the engine") from exc
+        raise DebertrtError(f"{json_path} is corrupt ({first_line(exc)}): rebuild the engine") from exc
     if not isinstance(data, dict) or data.get("format") != ENGINE_FORMAT:
         raise DebertrtError(f"{json_path} is not a debertrt engine description (format "
                             f"{data.get('format') if isinstance(data, dict) else None!r}, expected "

@@ -12,3 +12,9 @@ class DebertrtError(Exception):
 
 class InternalError(RuntimeError):
     """An invariant of debertrt itself failed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: what a one-line error quotes of a library's failure."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DebertrtError
+from .errors import DebertrtError, first_line
 
 # task -> (transformers Auto class name, output names in order)
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -176,7 +176,7 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # transformers raises several types for a bad config
-        raise DebertrtError(f"cannot read {path / 'config.json'}: {_first_line(exc)}") from exc
+        raise DebertrtError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from exc
     _check_supported(config, str(path))
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
@@ -184,7 +184,7 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
     try:
         module = _auto_class(task).from_pretrained(path, local_files_only=True)
     except Exception as exc:
-        raise DebertrtError(f"cannot load {task} weights from {str(path)!r}: {_first_line(exc)}") from exc
+        raise DebertrtError(f"cannot load {task} weights from {str(path)!r}: {first_line(exc)}") from exc
     return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=_load_tokenizer(path))
 
 
@@ -198,7 +198,7 @@ def _load_tokenizer(path: Path):
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:
-        raise DebertrtError(f"cannot load the tokenizer in {str(path)!r}: {_first_line(exc)}") from exc
+        raise DebertrtError(f"cannot load the tokenizer in {str(path)!r}: {first_line(exc)}") from exc
 
 
 def _check_supported(config, where: str) -> None:
@@ -212,8 +212,3 @@ def _check_supported(config, where: str) -> None:
         unknown = kinds - {"c2p", "p2c"}
         if unknown:
             raise DebertrtError(f"{where}: pos_att_type {sorted(unknown)} is not supported; use c2p and/or p2c")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

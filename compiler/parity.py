@@ -19,9 +19,6 @@ from .inputs import Dataset
 from .models import ReferenceModel
 from .runners import OnnxRuntimeRunner, TorchRunner
 
-PRECISIONS = tuple(TOLERANCES)
-
-
 class NotRunnable(Exception):
     """An artifact this machine cannot run (say, a TensorRT engine without TensorRT); the
     report records the reason instead of results."""

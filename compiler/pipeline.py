@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .compare import TOLERANCES
 from .errors import DebertrtError
 from .export import ExportOptions
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(TOLERANCES)  # fp32, fp16, int8
 BACKEND_CHOICES = ("auto", "tensorrt", "tensorrt-rtx", "none")
 
 

@@ -47,7 +47,7 @@ import numpy as np
 from debertrt.plugins.spec import DOMAIN, OP_TYPE
 
 from .artifacts import MANIFEST, atomic_path, read_json, record_stage, sha256, sibling, write_json
-from .errors import DebertrtError, InternalError
+from .errors import DebertrtError, InternalError, first_line
 from .patterns import (LayerMatch, PatternError, constant_value, find_disentangled_attention,
                        node_scopes, scale_on_scores)
 
@@ -315,7 +315,7 @@ class Probe:
                 values = session.run(names, _probe_feed(session, sequence)) if names else []
             except Exception as exc:
                 raise DebertrtError(f"cannot evaluate {self.onnx_path} at sequence length {sequence} with ONNX "
-                                    f"Runtime to check the attention pattern: {str(exc).splitlines()[0]}") from exc
+                                    f"Runtime to check the attention pattern: {first_line(exc)}") from exc
             self.values[sequence] = dict(zip(names, values))
         return self
 

@@ -180,7 +180,7 @@ def render_readme(repo: Path, name: str, engine: dict, library: str | None) -> s
             "Triton must load it before it deserializes the engine. Either:",
             "",
             "```sh",
-            f"tritonserver --model-repository=$PWD \\",
+            "tritonserver --model-repository=$PWD \\",
             f"  --backend-config=tensorrt,plugins=\"$PWD/{name}/{library}\"",
             "```",
             "",
