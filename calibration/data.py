@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from debertrt.compiler.errors import DebertrtError
-from debertrt.compiler.inputs import Dataset
+from debertrt.compiler.inputs import Dataset, TokenSpace, token_dataset
 
 DEFAULT_BATCHES = 8
 DEFAULT_BATCH_SIZE = 8
@@ -56,20 +56,8 @@ def graph_random_dataset(model, batches: int, batch_size: int, max_sequence: int
     vocab = vocab_size(model)
     if vocab is None:
         raise DebertrtError("cannot tell the vocabulary size from the graph: pass calibration data or --model")
-    names = [i.name for i in model.graph.input]
-    rng = np.random.default_rng(seed)
-    out = []
-    for b in range(batches):
-        sequence = max_sequence if b == 0 else int(rng.integers(1, max_sequence + 1))
-        ids = rng.integers(1, vocab, size=(batch_size, sequence), dtype=np.int64)
-        lengths = np.where(rng.random(batch_size) < 0.5, rng.integers(1, sequence + 1, batch_size), sequence)
-        lengths[0] = sequence
-        mask = (np.arange(sequence)[None, :] < lengths[:, None]).astype(np.int64)
-        feed = {"input_ids": ids * mask, "attention_mask": mask}
-        if "token_type_ids" in names:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        out.append({k: v for k, v in feed.items() if k in names})
-    return Dataset(out, source="random (from the graph)", extra={"seed": seed, "max_sequence": max_sequence})
+    space = TokenSpace(tuple(i.name for i in model.graph.input), vocab)
+    return token_dataset(space, batches, batch_size, max_sequence, seed, source="random (from the graph)")
 
 
 def check_dataset(dataset: Dataset, input_names, vocab: int | None = None, what: str = "calibration") -> None:

@@ -57,6 +57,10 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from debertrt.calibration.int8 import METHODS
+
+    from .pipeline import BACKEND_CHOICES, PRECISIONS
+
     parser = _Parser(prog="debertrt", description="DeBERTa from PyTorch to TensorRT engines, with parity reports.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--artifact", type=Path, action="append", required=True,
                    help="an artifact to check (repeat for several)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="tolerance class (default: read from the artifact)")
     _add_data_args(p)
     p.add_argument("--out", type=Path, required=True, help="report path stem: writes OUT.json, OUT.md, OUT_errors.png")
@@ -88,15 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, required=False)
     _add_export_args(p)
     _add_data_args(p)
-    p.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"), default=None,
+    p.add_argument("--precision", action="append", choices=PRECISIONS, default=None,
                    help="artifacts to produce (repeat; default fp32, fp16 and int8)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "tensorrt-rtx", "none"), default="auto",
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="engine builder (default auto: TensorRT, else TensorRT-RTX, else none)")
     p.add_argument("--profile", type=_profile, action="append", default=None,
                    help="engine optimization profile, e.g. batch=1:4:16,sequence=1:128:512 (repeat for several)")
-    p.add_argument("--method", choices=("max", "percentile", "entropy", "mse"), default="max",
+    p.add_argument("--method", choices=METHODS, default="max",
                    help="int8 calibration method (default max)")
-    p.add_argument("--max-accuracy-loss", type=float, default=0.01,
+    p.add_argument("--max-accuracy-loss", type=_fraction, default=0.01,
                    help="int8 fallback budget, relative to fp32 (default 0.01)")
     p.add_argument("--plugin-library", type=Path, default=None,
                    help="libdebertrt_plugins.so for TensorRT plugin engines")
@@ -250,6 +254,7 @@ def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
 
 def _cmd_calibrate(args) -> int:
     from debertrt.calibration.data import calibration_dataset
+    from .artifacts import read_json
     from .models import load_model
 
     if not args.onnx.is_file():
@@ -268,8 +273,6 @@ def _cmd_calibrate(args) -> int:
         from debertrt.calibration.graph import report_paths
 
         path = to_fp16(args.onnx, args.out, dataset, ref=ref, options=Fp16Options(threshold=args.fp16_threshold))
-        from .artifacts import read_json
-
         s = read_json(report_paths(path)[0])["summary"]
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["fp32_by_kind"].items()))
         print(f"wrote {path}: {s['nodes_fp16']} nodes fp16, {s['nodes_fp32']} fp32 ({kinds}), "
@@ -287,8 +290,6 @@ def _cmd_calibrate(args) -> int:
         evaluation = text_dataset(ref, args.eval_data, batch_size=args.batch_size, max_length=args.max_length)
     options = Int8Options(method=args.method, max_accuracy_loss=None if args.no_fallback else args.max_accuracy_loss)
     path = quantize_int8(args.onnx, args.out, dataset, ref=ref, task=task, eval_dataset=evaluation, options=options)
-    from .artifacts import read_json
-
     s = read_json(report_paths(path)[0])["summary"]
     print(f"wrote {path}: {s['quantized_matmuls']}/{s['candidate_matmuls']} MatMul/Gemm in int8; {s['metric']} "
           f"fp32 {s['fp32']:.4f} -> int8 {s['int8']:.4f}"

@@ -42,12 +42,25 @@ def check_sequence(ref: ReferenceModel, sequence: int) -> None:
         raise DebertrtError(f"sequence length must be at least 1, got {sequence}")
 
 
-def random_batch(ref: ReferenceModel, batch: int, sequence: int, rng: np.random.Generator,
-                 pad_fraction: float = 0.5) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class TokenSpace:
+    """What random batches need to know of a model: its inputs and the ids they may hold."""
+
+    input_names: tuple[str, ...]
+    vocab_size: int
+    pad_token_id: int = 0
+    type_vocab_size: int = 0  # token_type_ids are random types below this, zeros when 0
+
+    @classmethod
+    def of(cls, ref: ReferenceModel) -> "TokenSpace":
+        return cls(tuple(ref.input_names), int(ref.config.vocab_size),
+                   int(getattr(ref.config, "pad_token_id", 0) or 0), int(getattr(ref.config, "type_vocab_size", 0)))
+
+
+def token_batch(space: TokenSpace, batch: int, sequence: int, rng: np.random.Generator,
+                pad_fraction: float = 0.5) -> dict[str, np.ndarray]:
     """Random tokens; after the first row (kept full length) rows get random lengths, padded at the end."""
-    check_sequence(ref, sequence)
-    vocab = int(ref.config.vocab_size)
-    pad = int(getattr(ref.config, "pad_token_id", 0) or 0)
+    vocab, pad = space.vocab_size, space.pad_token_id
     ids = rng.integers(1, vocab, size=(batch, sequence), dtype=np.int64)
     ids[ids == pad] = (pad + 1) % vocab
     lengths = np.full(batch, sequence)
@@ -57,21 +70,35 @@ def random_batch(ref: ReferenceModel, batch: int, sequence: int, rng: np.random.
     mask = (np.arange(sequence)[None, :] < lengths[:, None]).astype(np.int64)
     ids[mask == 0] = pad
     feed = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in ref.input_names:
-        types = rng.integers(0, int(ref.config.type_vocab_size), size=(batch, sequence), dtype=np.int64)
+    if "token_type_ids" in space.input_names:
+        types = (rng.integers(0, space.type_vocab_size, size=(batch, sequence), dtype=np.int64)
+                 if space.type_vocab_size > 0 else np.zeros_like(ids))
         feed["token_type_ids"] = types * mask
-    return feed
+    return {name: feed[name] for name in space.input_names if name in feed}
+
+
+def token_dataset(space: TokenSpace, batches: int, batch_size: int, max_sequence: int, seed: int = 0,
+                  source: str = "random") -> Dataset:
+    """Batches of random sequence lengths in [1, max_sequence] (the first one full length), with padding."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_sequence + 1, size=batches)
+    lengths[0] = max_sequence
+    return Dataset([token_batch(space, batch_size, int(s), rng) for s in lengths], source=source,
+                   extra={"seed": seed, "max_sequence": max_sequence})
+
+
+def random_batch(ref: ReferenceModel, batch: int, sequence: int, rng: np.random.Generator,
+                 pad_fraction: float = 0.5) -> dict[str, np.ndarray]:
+    """``token_batch`` for a reference model, refusing sequences it cannot take."""
+    check_sequence(ref, sequence)
+    return token_batch(TokenSpace.of(ref), batch, sequence, rng, pad_fraction)
 
 
 def random_dataset(ref: ReferenceModel, batches: int = 4, batch_size: int = 4, max_sequence: int = 128,
                    seed: int = 0) -> Dataset:
-    """Batches of random sequence lengths in [1, max_sequence], with padding."""
+    """``token_dataset`` for a reference model, refusing sequences it cannot take."""
     check_sequence(ref, max_sequence)
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, max_sequence + 1, size=batches)
-    lengths[0] = max_sequence
-    return Dataset([random_batch(ref, batch_size, int(s), rng) for s in lengths], source="random",
-                   extra={"seed": seed, "max_sequence": max_sequence})
+    return token_dataset(TokenSpace.of(ref), batches, batch_size, max_sequence, seed)
 
 
 def read_examples(path: str | os.PathLike) -> tuple[list, list | None]:
