@@ -1,44 +1,28 @@
-"""Calibration batches: from a data file (through the checkpoint's tokenizer), from the
-model's own random batches, or synthesised from the graph alone; checked before use."""
+"""Examples for the precision passes: default sets per purpose (calibration, fallback scoring),
+random ids synthesised from the graph alone, checks before use, and ONNX Runtime feeds."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
-from debertrt.compiler.errors import DebertrtError
-from debertrt.compiler.inputs import Dataset, TokenSpace, token_dataset
-
-DEFAULT_BATCHES = 8
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_LENGTH = 128
+from debertrt.core.errors import DebertrtError
+from debertrt.core.data import (DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, DEFAULT_RANDOM_LENGTH, RANDOM_SEEDS, Dataset,
+                                TokenSpace, datasets_for, token_dataset)
 
 
-def calibration_dataset(ref=None, data: str | os.PathLike | None = None, *, model=None,
-                        batches: int = DEFAULT_BATCHES, batch_size: int = DEFAULT_BATCH_SIZE,
-                        max_length: int | None = None, seed: int = 0) -> Dataset:
-    """Batches to calibrate on.
-
-    ``data`` (.txt/.jsonl/.csv) is tokenized with ``ref``'s tokenizer; without it, random
-    token batches with padding come from ``ref`` (``compiler.inputs.random_dataset``) or,
-    with no reference model either, from the graph ``model`` (vocabulary read from its
-    word-embedding Gather).
-    """
-    from debertrt.compiler.inputs import random_dataset, text_dataset
-
-    if data is not None:
-        if ref is None:
-            raise DebertrtError("calibration text needs the model's tokenizer: pass --model (or calibrate a "
-                                "directory written by 'debertrt export')")
-        return text_dataset(ref, data, batch_size=batch_size, max_length=max_length)
+def default_dataset(purpose: str, ref=None, model=None, *, batches: int = DEFAULT_BATCHES,
+                    batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None) -> Dataset:
+    """The examples a precision pass uses for ``purpose`` ("calibration" or "fallback") when none are
+    given: ``ref``'s own held-out set or random token batches (``core.data.datasets_for``), or, with
+    no reference model, random ids for the graph ``model`` (vocabulary read from its word-embedding
+    Gather). Each purpose has its own seed, so the sets are disjoint."""
     if ref is not None:
-        return random_dataset(ref, batches=batches, batch_size=batch_size,
-                              max_sequence=min(max_length or DEFAULT_MAX_LENGTH, ref.max_sequence), seed=seed)
+        return datasets_for(ref, [purpose], batches=batches, batch_size=batch_size, max_length=max_length)[purpose]
     if model is None:
         raise DebertrtError("no calibration data: pass a data file, a reference model or the graph")
     return graph_random_dataset(model, batches=batches, batch_size=batch_size,
-                                max_sequence=max_length or DEFAULT_MAX_LENGTH, seed=seed)
+                                max_sequence=max_length or DEFAULT_RANDOM_LENGTH, seed=RANDOM_SEEDS[purpose])
 
 
 def vocab_size(model) -> int | None:

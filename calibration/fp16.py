@@ -2,26 +2,7 @@
 
 TensorRT 11 is strongly typed, so the precision of every tensor lives in the ONNX. This
 pass turns the float32 graph into float16 (weights and activations) except for nodes that
-must stay float32, chosen by rule *and* by measurement:
-
-* op rules: LayerNormalization, Softmax/LogSoftmax, reductions, Pow/Sqrt/Exp/Log, Range;
-  a decomposed layer norm (ReduceMean → Sub → Pow → ReduceMean → Add → Sqrt → Div) as a whole;
-* index and mask arithmetic: float tensors computed only from integer inputs and scalars
-  (the log-bucket relative positions, the float cast of the attention mask);
-* constants outside the fp16 range (masked_fill's ``finfo(float32).min``) and their consumers;
-* measured ranges: the fp32 graph runs on calibration batches with every float tensor as
-  an output; a tensor whose max |x| exceeds ``threshold`` (default half the fp16 maximum)
-  keeps its producer and all its consumers in float32;
-* the nodes that produce graph outputs (the head's last MatMul/Gemm): an fp16 logit of
-  magnitude 8..16 is rounded to 1/128, more than the fp16 parity budget by itself;
-* the attention-score sum feeding each Softmax (c2c + c2p + p2c, its scale, the mask):
-  exp() turns absolute error into relative error, and fp16 rounds a score of 16..32 by up
-  to 0.008; measured on the trained preset this island halves the logit error (the score
-  MatMuls themselves stay fp16; their outputs are cast up exactly);
-* DisentangledAttention nodes sit in that score sum, so by default they run with fp32 I/O
-  (Casts around them). With ``softmax_inputs_fp32=False`` they run with fp16 I/O
-  (``plugin_fp16``), which the CUDA kernel supports with fp32 accumulation and ONNX
-  Runtime's reference op emulates with Casts around itself.
+must stay float32, chosen by rule *and* by measurement (``calibration.fp16_rules``).
 
 Casts are inserted only on edges between the two regions (one per tensor and direction);
 a float Cast of integer data that only fp16 nodes read is retargeted to fp16 instead.
@@ -34,55 +15,25 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto
 
-from debertrt.compiler.artifacts import record_stage, sha256, sibling, write_json, write_text
-from debertrt.compiler.errors import DebertrtError
+from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, write_json, write_text
+from debertrt.core.errors import DebertrtError
+
+from debertrt.core import onnx_utils as ox
+from debertrt.plugins.graph_types import elem_types
 
 from . import graph as G
-from .data import calibration_dataset, check_dataset, feeds, vocab_size
+from .data import default_dataset, check_dataset, feeds, vocab_size
+from .options import Fp16Options
+from .fp16_rules import Decision, decide
 from .ranges import TensorRanges, collect_ranges
 
-FP16_MAX = 65504.0
-DEFAULT_THRESHOLD = 0.5 * FP16_MAX
-FLOAT, FLOAT16 = 1, 10
-
-KEEP_FP32_OPS = {
-    "LayerNormalization": "layer norm: statistics in fp32",
-    "SkipLayerNormalization": "layer norm: statistics in fp32",
-    "SimplifiedLayerNormalization": "layer norm: statistics in fp32",
-    "Softmax": "softmax in fp32",
-    "LogSoftmax": "softmax in fp32",
-    "ReduceMean": "reduction in fp32",
-    "ReduceSum": "reduction in fp32",
-    "ReduceSumSquare": "reduction in fp32",
-    "ReduceL2": "reduction in fp32",
-    "ReduceLogSumExp": "reduction in fp32",
-    "Pow": "power in fp32",
-    "Sqrt": "square root in fp32",
-    "Reciprocal": "reciprocal in fp32",
-    "Exp": "exp in fp32",
-    "Log": "log in fp32",
-    "Range": "index arithmetic",
-}
-
-
-@dataclass(frozen=True)
-class Fp16Options:
-    threshold: float = DEFAULT_THRESHOLD   # max |x| above which a tensor stays fp32
-    softmax_inputs_fp32: bool = True       # the attention-score sum (and a plugin node in it) in fp32
-    plugin_fp16: bool = True               # DisentangledAttention with fp16 I/O when not in the score chain
-    fp32_outputs: bool = True              # nodes producing graph outputs (the task head's last op) in fp32
-    keep_ops: tuple[str, ...] = tuple(KEEP_FP32_OPS)
-    check_batches: int = 2                 # batches on which fp16 is compared with fp32 after the pass
-
-    def __post_init__(self):
-        if not 0 < self.threshold <= FP16_MAX:
-            raise DebertrtError(f"fp16 threshold {self.threshold} must be in (0, {FP16_MAX:g}]")
-
+FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
 def fp16_path_for(onnx_path: str | os.PathLike) -> Path:
     """model.onnx -> model.fp16.onnx, model.plugin.onnx -> model.plugin.fp16.onnx."""
@@ -90,7 +41,7 @@ def fp16_path_for(onnx_path: str | os.PathLike) -> Path:
 
 
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None, *,
-            ref=None, options: Fp16Options = Fp16Options()) -> Path:
+            ref=None, options: Fp16Options = Fp16Options()) -> StageResult:
     """Write the fp16 graph of ``onnx_path`` (default ``DIR/model.fp16.onnx``), its report and manifest entry.
 
     ``dataset``: calibration batches (``compiler.inputs.Dataset``); default: random batches
@@ -98,10 +49,10 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     """
     src = Path(onnx_path)
     out = Path(out_path) if out_path is not None else fp16_path_for(src)
-    model = G.load(src)
-    _check_fp32_graph(model, src)
+    model = ox.load(src)
+    ox.require_fp32(model, src.name, "fp16")
     if dataset is None:
-        dataset = calibration_dataset(ref, model=model)
+        dataset = default_dataset("calibration", ref, model)
     input_names = [i.name for i in model.graph.input]
     check_dataset(dataset, input_names, vocab_size(model))
     feed_list = feeds(dataset, input_names)
@@ -109,7 +60,7 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
 
     converted, decision = convert(model, ranges, options)
     check = _compare(model, converted, feed_list[: options.check_batches], out.parent)
-    G.save(converted, out)
+    ox.save(converted, out, check="full")
 
     report = _report(src, out, dataset, ranges, decision, options, check)
     json_path, md_path = G.report_paths(out)
@@ -117,30 +68,13 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     write_text(md_path, render_markdown(report))
     stage = "fp16" if src.name == "model.onnx" else f"fp16:{src.name}"
     record_stage(out.parent, stage, inputs={"model": src.name, "sha256": sha256(src)},
-                 options={**asdict(options), "calibration": _data_info(dataset)},
+                 options={**asdict(options), "calibration": dataset.describe()},
                  outputs={"model": out, "report": json_path},
                  extra={"summary": report["summary"]})
-    return out
+    return StageResult(out, json_path, report["summary"])
 
 
-def _check_fp32_graph(model, src: Path) -> None:
-    ops = {n.op_type for n in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear"} & ops:
-        raise DebertrtError(f"{src.name} is quantized (Q/DQ nodes); convert the fp32 model.onnx instead")
-    if any(i.data_type == FLOAT16 for i in model.graph.initializer):
-        raise DebertrtError(f"{src.name} already holds fp16 weights; convert the fp32 model.onnx instead")
-
-
-# ----------------------------------------------------------------------------- decision
-
-
-@dataclass
-class Decision:
-    fp32: dict[str, tuple[str, str]]        # node name -> (kind, detail)
-    fp16: list[str]
-    untouched: int                          # nodes without float tensors
-    casts_inserted: int = 0
-    casts_retargeted: int = 0
+# ----------------------------------------------------------------------------- rewrite
 
 
 def _constants_to_initializers(model) -> None:
@@ -166,158 +100,6 @@ def _constants_to_initializers(model) -> None:
     model.graph.node.extend(keep)
 
 
-def _layer_norm_chains(model) -> set[str]:
-    """Nodes of decomposed layer norms::
-
-        x ─► ReduceMean ─► Sub(x, mean) ─► Pow(2) ─► ReduceMean ─► Add(eps) ─► Sqrt ─► Div(Sub, ·)
-
-    found from each Sqrt: its ReduceMean/Pow/Sub/Add ancestors (4 hops) and its Div consumers.
-    """
-    producer, consumer = G.producers(model.graph), G.consumers(model.graph)
-    chain_ops = {"ReduceMean", "Pow", "Sub", "Add", "Mul", "Sqrt"}
-    found = set()
-    for node in model.graph.node:
-        if node.op_type != "Sqrt":
-            continue
-        ups, frontier = [], [(node, 0)]
-        while frontier:
-            cur, depth = frontier.pop()
-            if depth >= 4:
-                continue
-            for name in cur.input:
-                up = producer.get(name)
-                if up is not None and up.op_type in chain_ops:
-                    ups.append(up)
-                    frontier.append((up, depth + 1))
-        if not any(u.op_type == "ReduceMean" for u in ups):
-            continue
-        found.add(node.name)
-        found.update(u.name for u in ups)
-        for down in consumer.get(node.output[0], []):
-            if down.op_type in ("Div", "Reciprocal"):
-                found.add(down.name)
-    return found
-
-
-SCORE_CHAIN_OPS = {"Where", "Reshape", "Transpose", "Add", "Sub", "Mul", "Div", "GatherElements", "Gather",
-                   "Squeeze", "Unsqueeze", "Expand", "Identity", "Cast", "Neg", "Clip"}
-
-
-def _softmax_input_chains(model) -> set[str]:
-    """Nodes between the score MatMuls and each Softmax (the MatMuls themselves excluded)::
-
-        q·kᵀ ─┐                                                  MatMul (stays fp16)
-        q·pos_kᵀ ─ GatherElements ─ Div ─┐                       │
-        k·pos_qᵀ ─ GatherElements ─ Transpose ─ Div ─ Add ─ Add ─ Reshape ─ Where(mask) ─ Softmax
-                                                  └─ or one DisentangledAttention node ─┘
-
-    exp() turns an absolute error of the softmax input into a relative error of the
-    probabilities; fp16 keeps 11 bits, so a score of magnitude 16..32 is off by up to
-    0.008. The sum of the score terms therefore stays in fp32 (the MatMuls producing the
-    terms stay fp16 and are cast up exactly).
-    """
-    producer = G.producers(model.graph)
-    found = set()
-    for node in model.graph.node:
-        if node.op_type != "Softmax":
-            continue
-        stack = [node.input[0]]
-        while stack:
-            up = producer.get(stack.pop())
-            if up is None or up.name in found:
-                continue
-            if up.op_type not in SCORE_CHAIN_OPS and not G.is_plugin_node(up):
-                continue
-            found.add(up.name)
-            stack.extend(n for n in up.input if n)
-    return found
-
-
-def _index_tensors(model, types: dict[str, int], inits: dict) -> set[str]:
-    """Float tensors computed without any weight: only from integers and scalar constants."""
-    data = set()
-    for name, init in inits.items():
-        if init.data_type == FLOAT and int(np.prod(init.dims)) > 1:
-            data.add(name)
-    index = set()
-    for node in model.graph.node:
-        float_in = [n for n in node.input if n and types.get(n) in G.FLOAT_TYPES]
-        is_data = any(n in data for n in float_in) or (
-            node.op_type == "Gather" and node.input and node.input[0] in data)
-        for out in node.output:
-            if types.get(out) not in G.FLOAT_TYPES:
-                continue
-            if is_data or G.is_plugin_node(node):
-                data.add(out)
-            else:
-                index.add(out)
-    return index
-
-
-def decide(model, ranges: TensorRanges, options: Fp16Options, types: dict[str, int]) -> Decision:
-    """Which nodes stay float32, and why."""
-    inits = G.initializer_map(model.graph)
-    consumer = G.consumers(model.graph)
-    producer = G.producers(model.graph)
-    fp32: dict[str, tuple[str, str]] = {}
-
-    def keep(node, kind, detail):
-        fp32.setdefault(node.name, (kind, detail))
-
-    def has_float(node):
-        return any(n and types.get(n) in G.FLOAT_TYPES for n in list(node.input) + list(node.output))
-
-    keep_ops = set(options.keep_ops)
-    chains = _layer_norm_chains(model)
-    scores = _softmax_input_chains(model) if options.softmax_inputs_fp32 else set()
-    index = _index_tensors(model, types, inits)
-    big_consts = {name for name, init in inits.items() if init.data_type == FLOAT
-                  and _init_amax(init) > FP16_MAX}
-    for node in model.graph.node:
-        if not has_float(node):
-            continue
-        if G.is_plugin_node(node) and not options.plugin_fp16:
-            keep(node, "plugin", "DisentangledAttention kept in fp32 (plugin_fp16=False)")
-        if node.op_type in keep_ops:
-            keep(node, "op", KEEP_FP32_OPS.get(node.op_type, f"{node.op_type} kept in fp32"))
-        if node.name in chains:
-            keep(node, "layernorm-chain", "decomposed layer norm: statistics in fp32")
-        if node.name in scores:
-            keep(node, "softmax-input", "attention-score sum feeding a softmax (absolute precision matters)")
-        float_outs = [o for o in node.output if types.get(o) in G.FLOAT_TYPES]
-        if float_outs and all(o in index for o in float_outs) and not G.is_plugin_node(node):
-            keep(node, "index-arithmetic", "position / mask arithmetic (no weights upstream)")
-        for name in node.input:
-            if name in big_consts:
-                keep(node, "constant-range", f"constant {name!r} exceeds the fp16 range (|x| = "
-                                             f"{_init_amax(inits[name]):.3g})")
-    outputs = {o.name for o in model.graph.output}
-    for node in model.graph.node:
-        if options.fp32_outputs and any(o in outputs for o in node.output) and has_float(node):
-            keep(node, "output", "produces a graph output: the last op runs in fp32 (an fp16 result "
-                                 "would be rounded to 11 bits)")
-    for name, amax in ranges.amax.items():
-        if amax > options.threshold:
-            detail = f"|{name}| reaches {amax:.4g} > {options.threshold:g} on calibration data"
-            if name in producer:
-                keep(producer[name], "measured-range", detail)
-            for node in consumer.get(name, []):
-                keep(node, "measured-range", detail)
-    fp16 = [n.name for n in model.graph.node if has_float(n) and n.name not in fp32]
-    untouched = sum(1 for n in model.graph.node if not has_float(n))
-    return Decision(fp32, fp16, untouched)
-
-
-def _init_amax(init) -> float:
-    from onnx import numpy_helper
-
-    arr = numpy_helper.to_array(init)
-    return float(np.abs(arr).max()) if arr.size else 0.0
-
-
-# ----------------------------------------------------------------------------- rewrite
-
-
 def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
     """The fp16 ``ModelProto`` of ``model`` (not modified) and the decision behind it."""
     import onnx
@@ -326,20 +108,20 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     model = model_copy
-    G.name_nodes(model)
+    ox.name_nodes(model)
     _constants_to_initializers(model)
-    types = G.elem_types(model)
+    types = elem_types(model)
     decision = decide(model, ranges, options, types)
     graph = model.graph
     fp32_nodes = set(decision.fp32)
     fp16_nodes = set(decision.fp16)
-    consumer = G.consumers(graph)
+    consumer = ox.consumers(graph)
     graph_outputs = {o.name for o in graph.output}
 
     # a float Cast of index data that only fp16 nodes read becomes a Cast to fp16 (no extra Cast)
     for node in graph.node:
         if (node.op_type == "Cast" and node.name in fp32_nodes and decision.fp32[node.name][0] == "index-arithmetic"
-                and _attr(node, "to") == FLOAT and node.output[0] not in graph_outputs
+                and ox.attr(node, "to") == FLOAT and node.output[0] not in graph_outputs
                 and ranges.get(node.output[0]) <= options.threshold
                 and all(c.name in fp16_nodes for c in consumer.get(node.output[0], []))):
             fp32_nodes.discard(node.name)
@@ -348,7 +130,7 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
             decision.fp16.append(node.name)
             decision.casts_retargeted += 1
 
-    inits = G.initializer_map(graph)
+    inits = ox.initializer_map(graph)
     taken = {n for node in graph.node for n in list(node.input) + list(node.output)} | set(inits) \
         | {i.name for i in graph.input} | {n.name for n in graph.node}
     half: dict[str, str] = {}     # fp32 initializer -> its fp16 twin
@@ -365,7 +147,7 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
                 target = name
                 graph.initializer.remove(init)
             else:
-                target = G.unique_name(name + "_fp16", taken)
+                target = ox.unique_name(name + "_fp16", taken)
             new_inits.append(numpy_helper.from_array(arr, target))
             half[name] = target
         return half[name]
@@ -374,8 +156,8 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
         key = (name, to)
         if key not in casts:
             suffix = "_fp16" if to == FLOAT16 else "_fp32"
-            casts[key] = G.unique_name(name + suffix, taken)
-            out_nodes.append(helper.make_node("Cast", [name], [casts[key]], name=G.unique_name(
+            casts[key] = ox.unique_name(name + suffix, taken)
+            out_nodes.append(helper.make_node("Cast", [name], [casts[key]], name=ox.unique_name(
                 f"Cast{suffix}/{name}", taken), to=to))
             decision.casts_inserted += 1
         return casts[key]
@@ -386,7 +168,7 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
         if node.name in fp16_nodes:
             for k, out in enumerate(node.output):
                 if out in graph_outputs and types.get(out) == FLOAT:
-                    rename[out] = G.unique_name(out + "_fp16", taken)
+                    rename[out] = ox.unique_name(out + "_fp16", taken)
                     types[rename[out]] = types[out]
                     node.output[k] = rename[out]
 
@@ -405,12 +187,12 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
             elif name in produced16:
                 node.input[k] = cast(name, FLOAT, new_nodes)
         if node.name in fp16_nodes:
-            if node.op_type == "Cast" and _attr(node, "to") == FLOAT:
-                _set_attr(node, "to", FLOAT16)
+            if node.op_type == "Cast" and ox.attr(node, "to") == FLOAT:
+                ox.set_attr(node, "to", FLOAT16)
             produced16.update(out for out in node.output if types.get(out) == FLOAT)
         new_nodes.append(node)
     for original, renamed in rename.items():
-        new_nodes.append(helper.make_node("Cast", [renamed], [original], name=G.unique_name(
+        new_nodes.append(helper.make_node("Cast", [renamed], [original], name=ox.unique_name(
             f"Cast_fp32/{original}", taken), to=FLOAT))
         decision.casts_inserted += 1
     graph.initializer.extend(new_inits)
@@ -419,25 +201,6 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
     del graph.value_info[:]
     model.producer_name = "debertrt.calibration.fp16"
     return model, decision
-
-
-def _attr(node, name):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return None
-
-
-def _set_attr(node, name, value):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            node.attribute.remove(a)
-            break
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 # ----------------------------------------------------------------------------- check + report
@@ -464,27 +227,17 @@ def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
     return {"batches": len(feed_list), "max_abs_vs_fp32_graph": result}
 
 
-def _data_info(dataset) -> dict:
-    return {"source": dataset.source, "batches": len(dataset.batches), "examples": len(dataset)}
-
-
 def _report(src: Path, out: Path, dataset, ranges: TensorRanges, decision: Decision, options: Fp16Options,
             check: dict) -> dict:
-    model = G.load(src)
+    model = ox.load(src, external_data=False)  # names and scopes only
     nodes = {n.name: n for n in model.graph.node}
-    try:
-        from debertrt.compiler.patterns import layer_label, node_scopes
-
-        scopes = node_scopes(model)
-        label = lambda n: layer_label(n, scopes)  # noqa: E731
-    except Exception:  # the patterns module is optional here: fall back to node names
-        label = lambda n: n.name  # noqa: E731
+    scopes = ox.node_scopes(model)
     kept = []
     for name, (kind, detail) in decision.fp32.items():
         node = nodes.get(name)
         kept.append({"node": name, "op": node.op_type if node is not None else "?", "kind": kind, "reason": detail,
-                     "where": label(node) if node is not None else name})
-    producer = G.producers(model.graph)
+                     "where": ox.layer_label(node, scopes) if node is not None else name})
+    producer = ox.producers(model.graph)
     top = sorted(ranges.amax.items(), key=lambda kv: -kv[1])[:12]
     largest = [{"tensor": t, "max_abs": v, "op": producer[t].op_type if t in producer else "?",
                 "fp32": (producer[t].name in decision.fp32) if t in producer else None} for t, v in top]
@@ -494,7 +247,7 @@ def _report(src: Path, out: Path, dataset, ranges: TensorRanges, decision: Decis
                "fp32_by_kind": dict(Counter(k["kind"] for k in kept)),
                "fp32_by_op": dict(Counter(k["op"] for k in kept))}
     return {"source": src.name, "output": out.name, "threshold": options.threshold,
-            "plugin_fp16": options.plugin_fp16, "calibration": {**_data_info(dataset), "batches_run": ranges.batches},
+            "plugin_fp16": options.plugin_fp16, "calibration": {**dataset.describe(), "batches_run": ranges.batches},
             "summary": summary, "check": check, "fp32_nodes": kept, "largest_activations": largest}
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from debertrt.compiler.errors import DebertrtError
+from debertrt.core.errors import DebertrtError
+
+from debertrt.core import onnx_utils as ox
+from debertrt.plugins.graph_types import value_types
 
 from . import graph as G
 
@@ -33,7 +36,7 @@ def float_tensors(model, types: dict[str, int]) -> list[str]:
     names, seen = [], set()
     for node in model.graph.node:
         for out in node.output:
-            if out and out not in seen and types.get(out) in G.FLOAT_TYPES:
+            if out and out not in seen and types.get(out) in ox.FLOAT_TYPES:
                 seen.add(out)
                 names.append(out)
     return names
@@ -45,22 +48,22 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     (default: every float tensor), raising ``DebertrtError`` on a non-finite value."""
     import onnx
 
-    value_types = G.value_types(model)
-    types = {n: t.tensor_type.elem_type for n, t in value_types.items()}
+    typed = value_types(model)
+    types = {n: t.tensor_type.elem_type for n, t in typed.items()}
     names = tensors if tensors is not None else float_tensors(model, types)
     outputs = [o.name for o in model.graph.output]
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     present = set(outputs)
     for name in names:
-        if name in present or name not in value_types:
+        if name in present or name not in typed:
             continue
         vi = onnx.ValueInfoProto(name=name)
-        vi.type.tensor_type.elem_type = value_types[name].tensor_type.elem_type
+        vi.type.tensor_type.elem_type = typed[name].tensor_type.elem_type
         augmented.graph.output.append(vi)
         present.add(name)
     watched = [n for n in names if n in present] + [o for o in outputs if o not in names]
-    producer = G.producers(model.graph)
+    producer = ox.producers(model.graph)
     ranges = TensorRanges()
     with tempfile.TemporaryDirectory(prefix="debertrt-ranges.", dir=workdir) as tmp:
         sess = G.session(augmented, tmp)

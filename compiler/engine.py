@@ -18,8 +18,6 @@ hashes); the runtime (``debertrt.runtime.Engine``) checks it before touching the
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -31,155 +29,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import atomic_path, read_json, record_stage, sha256, write_json
-from .errors import DebertrtError, first_line
+from debertrt.core.artifacts import atomic_path, read_json, record_stage, sha256, write_json
+from debertrt.core.errors import DebertrtError
+from debertrt.runtime.engine_json import ENGINE_FORMAT
+from debertrt.runtime.profiles import DEFAULT_PROFILE, PROFILE_DIMS, Profile
+from debertrt.runtime.tensorrt import (Flavour, dtype_name, find_plugin_library, flavour, load_plugin_library,
+                                       make_logger)
 
-ENGINE_FORMAT = "debertrt-engine/1"
-PLAN_NAME = "engine.plan"
-PLUGIN_LIBRARY_ENV = "DEBERTRT_PLUGIN_LIBRARY"
-PLUGIN_LIBRARY_NAME = "libdebertrt_plugins.so"
 DEFAULT_OPTIMIZATION_LEVEL = 3
-
-# Every key engine.json has (tests check them all).
-ENGINE_JSON_KEYS = (
-    "format", "created", "plan", "onnx", "model", "task", "config_hash", "model_version", "max_sequence",
-    "precision", "profiles", "plugin", "tensorrt", "builder", "inputs", "outputs",
-)
-
-
-# ---- flavours -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Flavour:
-    """One TensorRT Python module, imported only when asked for."""
-
-    name: str          # backend name on the command line and in engine.json
-    module: str        # Python import name
-    install: str       # what to install when it is missing
-    min_major: int     # oldest supported major version
-    ahead_of_time: bool  # builds without a GPU (and never with plugin layers)
-
-    def available(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
-
-    def load(self):
-        """The module; a missing or too old one is a one-line ``DebertrtError``."""
-        try:
-            trt = importlib.import_module(self.module)
-        except ImportError as exc:
-            raise DebertrtError(f"{self.title} is not installed (cannot import {self.module}: "
-                                f"{first_line(exc)}): {self.install}") from exc
-        major = _major(getattr(trt, "__version__", "0"))
-        if major < self.min_major:
-            raise DebertrtError(f"{self.title} {trt.__version__} is too old: debertrt needs "
-                                f"{self.min_major}.x or newer ({self.install})")
-        return trt
-
-    @property
-    def title(self) -> str:
-        return "TensorRT-RTX" if self.name == "tensorrt-rtx" else "TensorRT"
-
-
-FLAVOURS: dict[str, Flavour] = {
-    "tensorrt": Flavour(
-        "tensorrt", "tensorrt",
-        "install TensorRT 10.x/11.x for your CUDA (pip install tensorrt-cu12 or tensorrt-cu13 "
-        "--extra-index-url https://pypi.nvidia.com), or use an NGC TensorRT container",
-        min_major=10, ahead_of_time=False),
-    "tensorrt-rtx": Flavour(
-        "tensorrt-rtx", "tensorrt_rtx_bindings",
-        "pip install 'debertrt[rtx]' (tensorrt-rtx-cu13-libs + tensorrt-rtx-cu13-bindings)",
-        min_major=1, ahead_of_time=True),
-}
-BACKENDS = tuple(FLAVOURS)
-
-
-def flavour(name: str) -> Flavour:
-    if name not in FLAVOURS:
-        raise DebertrtError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    return FLAVOURS[name]
-
-
-def _major(version: str) -> int:
-    match = re.match(r"(\d+)", str(version))
-    return int(match.group(1)) if match else 0
-
-
-# ---- profiles -------------------------------------------------------------------------
-
-PROFILE_DIMS = ("batch", "sequence")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """min:opt:max for the batch and sequence dimensions of every input."""
-
-    batch: tuple[int, int, int] = (1, 4, 16)
-    sequence: tuple[int, int, int] = (1, 128, 512)
-
-    def __post_init__(self):
-        for dim in PROFILE_DIMS:
-            values = tuple(int(v) for v in getattr(self, dim))
-            if len(values) != 3:
-                raise DebertrtError(f"profile {dim} needs min:opt:max, got {values}")
-            lo, opt, hi = values
-            if lo < 1:
-                raise DebertrtError(f"profile {dim} min must be >= 1, got {lo}")
-            if not lo <= opt <= hi:
-                raise DebertrtError(f"profile {dim} {lo}:{opt}:{hi}: need min <= opt <= max")
-            object.__setattr__(self, dim, values)
-
-    @classmethod
-    def parse(cls, text: str) -> "Profile":
-        """``batch=1:4:16,sequence=1:128:512``; a single number is a static dimension
-        (``batch=8`` is 8:8:8); a dimension left out keeps its default."""
-        values = {}
-        for part in filter(None, (p.strip() for p in re.split(r"[,\s]+", text))):
-            key, sep, spec = part.partition("=")
-            key = key.strip()
-            if not sep or key not in PROFILE_DIMS:
-                raise DebertrtError(f"bad profile {text!r}: write e.g. batch=1:4:16,sequence=1:128:512")
-            if key in values:
-                raise DebertrtError(f"bad profile {text!r}: {key} given twice")
-            try:
-                numbers = tuple(int(v) for v in spec.split(":"))
-            except ValueError:
-                raise DebertrtError(f"bad profile {text!r}: {key} needs integers min:opt:max") from None
-            if len(numbers) == 1:
-                numbers = numbers * 3
-            if len(numbers) != 3:
-                raise DebertrtError(f"bad profile {text!r}: {key} needs min:opt:max (or one number)")
-            values[key] = numbers
-        if not values:
-            raise DebertrtError(f"empty profile {text!r}: write e.g. batch=1:4:16,sequence=1:128:512")
-        return cls(**values)
-
-    def __str__(self) -> str:
-        return ",".join(f"{d}={':'.join(map(str, getattr(self, d)))}" for d in PROFILE_DIMS)
-
-    def to_dict(self) -> dict:
-        return {d: list(getattr(self, d)) for d in PROFILE_DIMS}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Profile":
-        return cls(**{d: tuple(data[d]) for d in PROFILE_DIMS})
-
-    def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """(min, opt, max) shapes of a [batch, sequence] input."""
-        return tuple((self.batch[i], self.sequence[i]) for i in range(3))
-
-    def contains(self, batch: int, sequence: int) -> bool:
-        return self.batch[0] <= batch <= self.batch[2] and self.sequence[0] <= sequence <= self.sequence[2]
-
-    def fit_to(self, max_sequence: int) -> "Profile":
-        """The default profile clipped to a model's maximum sequence."""
-        lo, opt, hi = self.sequence
-        hi = min(hi, max_sequence)
-        return Profile(self.batch, (min(lo, hi), min(opt, hi), hi))
-
-
-DEFAULT_PROFILE = Profile()
-
 
 # ---- options --------------------------------------------------------------------------
 
@@ -261,24 +118,15 @@ class GraphInfo:
 
 def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
     """Precision, plugin nodes (with their namespace/version) and the export manifest of an ONNX file."""
-    import onnx
-
+    from debertrt.core import onnx_utils as ox
     from debertrt.plugins import spec
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise DebertrtError(f"{path}: not a readable ONNX model ({first_line(exc)})") from exc
-    nodes = [n for n in _all_nodes(model.graph) if n.op_type == spec.OP_TYPE]
+    model = ox.load(path, external_data=False)
+    nodes = [n for n in ox.all_nodes(model.graph) if n.op_type == spec.OP_TYPE]
     plugin = None
     if nodes:
-        seen = set()
-        for node in nodes:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            namespace = _text(attrs.get("plugin_namespace", b""))
-            version = _text(attrs.get("plugin_version", b""))
-            seen.add((namespace, version))
+        seen = {(str(ox.attr(n, "plugin_namespace", "")), str(ox.attr(n, "plugin_version", ""))) for n in nodes}
         if len(seen) > 1:
             raise DebertrtError(f"{path}: {spec.OP_TYPE} nodes disagree on namespace/version {sorted(seen)}")
         namespace, version = seen.pop()
@@ -287,13 +135,6 @@ def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
                 f"{path}: {spec.OP_TYPE} nodes ask for namespace {namespace!r} version {version!r}, but this "
                 f"debertrt provides {spec.PLUGIN_NAMESPACE!r} version {spec.PLUGIN_VERSION!r}: rerun the rewrite")
         plugin = {"name": spec.OP_TYPE, "namespace": namespace, "version": version}
-    ops = {n.op_type for n in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear"} & ops:
-        precision = "int8"
-    elif any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        precision = "fp16"
-    else:
-        precision = "fp32"
     manifest = path.parent / "manifest.json"
     export = {}
     if manifest.is_file():
@@ -301,91 +142,7 @@ def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
             export = read_json(manifest).get("stages", {}).get("export", {}) or {}
         except (OSError, ValueError):
             export = {}
-    return GraphInfo(precision=precision, plugin_nodes=len(nodes), plugin=plugin, export=export)
-
-
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:  # subgraphs (If / Loop / Scan)
-            if attr.g is not None and attr.g.node:
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# ---- plugin library -------------------------------------------------------------------
-
-def find_plugin_library(explicit: str | os.PathLike | None = None, near: str | os.PathLike | None = None) -> Path:
-    """The plugin library: ``explicit``, else $DEBERTRT_PLUGIN_LIBRARY, else one beside ``near``,
-    else build/plugins/ or plugins/build/ of this checkout."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise DebertrtError(f"plugin library {str(path)!r} not found: build it with "
-                                f"cmake -S plugins -B build/plugins && cmake --build build/plugins")
-        return path.resolve()
-    env = os.environ.get(PLUGIN_LIBRARY_ENV)
-    if env:
-        return find_plugin_library(env)
-    root = Path(__file__).resolve().parents[1]
-    candidates = [Path(near) / PLUGIN_LIBRARY_NAME] if near else []
-    candidates += [root / "build" / "plugins" / PLUGIN_LIBRARY_NAME, root / "plugins" / "build" / PLUGIN_LIBRARY_NAME]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    cached = cached_plugin_library(static=False)
-    if cached is not None:
-        return cached
-    raise DebertrtError(
-        f"the graph has plugin nodes but no plugin library was found: build {PLUGIN_LIBRARY_NAME} "
-        f"(cmake -S plugins -B build/plugins && cmake --build build/plugins) and pass --plugin-library "
-        f"or set {PLUGIN_LIBRARY_ENV}")
-
-
-def cached_plugin_library(static: bool = False) -> Path | None:
-    """A plugin library already built by ``debertrt.plugins.cuda_kernel.build`` into its cache, or None
-    (never builds)."""
-    try:
-        from debertrt.plugins import cuda_kernel
-
-        return Path(cuda_kernel.find_plugin_library(static=static, build_if_missing=False)).resolve()
-    except Exception:  # not built, no headers configured, or the module is unavailable: no cached library
-        return None
-
-
-def load_plugin_library(trt, library: str | os.PathLike, plugin: dict, title: str = "TensorRT"):
-    """Load ``library`` into ``trt``'s plugin registry and check that it provides ``plugin``'s creator."""
-    registry = trt.get_plugin_registry()
-    name, version, namespace = plugin["name"], plugin["version"], plugin["namespace"]
-    key = (trt.__name__, str(Path(library).resolve()))
-    if registry.get_creator(name, version, namespace) is None and key not in _LOADED_LIBRARIES:
-        handle = registry.load_library(str(library))
-        if handle is None:
-            raise DebertrtError(f"{title} could not load the plugin library {library}: built against another "
-                                f"TensorRT major version, or its creators are already registered from another file")
-        _LOADED_LIBRARIES[key] = handle
-    if registry.get_creator(name, version, namespace) is None:
-        found = _creator_versions(registry, name, namespace)
-        has = f"provides version(s) {', '.join(found)}" if found else f"does not provide {name}"
-        raise DebertrtError(f"{library} {has}, but plugin {name} version {version} in namespace {namespace!r} "
-                            f"is needed: rebuild the plugin library (or the engine) from this checkout")
-
-
-_LOADED_LIBRARIES: dict[tuple[str, str], object] = {}  # (module, path) -> handle: load each library once
-
-
-def _creator_versions(registry, name: str, namespace: str) -> list[str]:
-    try:
-        creators = registry.all_creators
-    except Exception:  # older bindings
-        return []
-    return sorted({str(c.plugin_version) for c in creators
-                   if getattr(c, "name", None) == name and getattr(c, "plugin_namespace", None) == namespace})
+    return GraphInfo(precision=ox.precision(model), plugin_nodes=len(nodes), plugin=plugin, export=export)
 
 
 # ---- the build ------------------------------------------------------------------------
@@ -487,34 +244,6 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
 def _check_importable(fl: Flavour) -> None:
     if not fl.available():
         raise DebertrtError(f"{fl.title} is not installed (no module {fl.module}): {fl.install}")
-
-
-_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-           "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8", "INT4": "int4", "FP4": "float4"}
-
-
-def dtype_name(dtype) -> str:
-    """A TensorRT DataType as a NumPy-style name."""
-    key = str(dtype).rsplit(".", 1)[-1]
-    return _DTYPES.get(key, key.lower())
-
-
-def make_logger(trt, verbose: bool):
-    class Logger(trt.ILogger):
-        """Keeps the builder's messages for error reports; prints warnings when verbose."""
-
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                print(f"[{severity.name}] {msg}", file=sys.stderr)
-            elif verbose and severity in (trt.ILogger.Severity.WARNING, trt.ILogger.Severity.INFO):
-                print(f"[{severity.name}] {msg}", file=sys.stderr)
-
-    return Logger()
 
 
 def _build(request: dict) -> dict:
@@ -633,33 +362,3 @@ def _worker(request_path: str, result_path: str) -> int:
         return 1
     Path(result_path).write_text(json.dumps(result))
     return 0
-
-
-# ---- reading engine.json --------------------------------------------------------------
-
-def engine_json_path(path: str | os.PathLike) -> Path:
-    """``engine.json`` for a plan path, an engine.json path, or a directory holding engine.plan."""
-    path = Path(path)
-    if path.is_dir() or path.suffix not in (".plan", ".json"):
-        path = path / PLAN_NAME
-    return path.with_suffix(".json")
-
-
-def read_engine_json(path: str | os.PathLike) -> dict:
-    """engine.json for ``path`` (plan, json or directory), checked for the keys debertrt writes."""
-    json_path = engine_json_path(path)
-    if not json_path.is_file():
-        raise DebertrtError(f"{json_path} not found: an engine needs the engine.json written beside it by "
-                            f"debertrt engine (rebuild the engine)")
-    try:
-        data = read_json(json_path)
-    except (OSError, ValueError) as exc:
-        raise DebertrtError(f"{json_path} is corrupt ({first_line(exc)}): rebuild the engine") from exc
-    if not isinstance(data, dict) or data.get("format") != ENGINE_FORMAT:
-        raise DebertrtError(f"{json_path} is not a debertrt engine description (format "
-                            f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
-                            f"{ENGINE_FORMAT!r}): rebuild the engine")
-    missing = [k for k in ENGINE_JSON_KEYS if k not in data]
-    if missing:
-        raise DebertrtError(f"{json_path} lacks {', '.join(missing)}: rebuild the engine")
-    return data

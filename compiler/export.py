@@ -5,19 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import record_stage
-from .errors import DebertrtError
-from .models import ReferenceModel
+from debertrt.core.artifacts import record_stage
+from debertrt.core.errors import DebertrtError
+from debertrt.core.models import ReferenceModel
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
-PROTOBUF_LIMIT = 2 * 1024**3  # ONNX protobufs cannot exceed 2 GiB: larger models need external data
 VALIDATION_SHAPES = ((1, 1), (2, 7), (3, 65))  # (batch, sequence), checked right after export
 VALIDATION_ATOL = 1e-4
 
@@ -36,63 +36,28 @@ class ExportOptions:
             raise DebertrtError(f"opset {self.opset} is outside the supported range 14..23")
 
 
-def export_module(ref: ReferenceModel):
-    """The model as a module taking the ONNX inputs positionally and returning the outputs as a tuple."""
-    import torch
-
-    class ExportWrapper(torch.nn.Module):
-        def __init__(self, model, output_names):
-            super().__init__()
-            self.model = model
-            self.output_names = output_names
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids, return_dict=True)
-            return tuple(out[name] for name in self.output_names)
-
-    # eval() on the wrapper too: the torchscript exporter restores the *wrapper's* training
-    # flag on every child afterwards, which would silently switch dropout back on.
-    return ExportWrapper(ref.module, ref.output_names).eval()
-
-
 def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptions = ExportOptions()) -> Path:
     """Write ``out_dir/model.onnx`` (and ``model.onnx.data`` with external data) and its manifest."""
     import onnx
 
+    from debertrt.core.onnx_utils import PROTOBUF_LIMIT, staged_save
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "model.onnx"
-    data_name = final.name + ".data"
     external = options.external_data
     if external is None:
         external = _weight_bytes(ref) > PROTOBUF_LIMIT // 2  # leave room for the graph itself
-
-    staging = out_dir / f".export.{os.getpid()}.tmp"
-    staging.mkdir(exist_ok=True)
-    try:
-        raw = staging / "raw.onnx"
+    with tempfile.TemporaryDirectory(prefix=".export.", dir=out_dir) as staging:
+        raw = Path(staging) / "raw.onnx"
         _run_exporter(ref, raw, options)
         model = onnx.load(raw, load_external_data=True)
-        staged = staging / final.name
-        onnx.save_model(model, staged, save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        onnx.checker.check_model(str(staged))
-        validation = validate_export(ref, staged) if options.validate else None
-        # data first, graph last: a model.onnx on disk always has its data beside it
-        if external:
-            os.replace(staging / data_name, out_dir / data_name)
-        elif (out_dir / data_name).exists():
-            (out_dir / data_name).unlink()
-        os.replace(staged, final)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+        with staged_save(model, final, external) as staged:
+            validation = validate_export(ref, staged) if options.validate else None
 
     outputs = {"model": final}
     if external:
-        outputs["external_data"] = out_dir / data_name
+        outputs["external_data"] = out_dir / (final.name + ".data")
     record_stage(out_dir, "export", inputs={"model": ref.name, "task": ref.task, "config_hash": ref.config_hash()},
                  options={"exporter": options.exporter, "opset": options.opset, "external_data": external},
                  outputs=outputs,
@@ -120,7 +85,7 @@ def _example_inputs(ref: ReferenceModel, batch: int = 2, sequence: int = 16):
 def _run_exporter(ref: ReferenceModel, path: Path, options: ExportOptions) -> None:
     import torch
 
-    module = export_module(ref)
+    module = ref.forward_module()
     # Batch 2 and sequence 16: dynamo specialises dimensions seen as 0 or 1.
     example = _example_inputs(ref)
     names = list(ref.input_names)
@@ -186,9 +151,9 @@ def _traceable_attention_span(ref: ReferenceModel):
 def validate_export(ref: ReferenceModel, path: str | os.PathLike, shapes=VALIDATION_SHAPES,
                     atol: float = VALIDATION_ATOL) -> dict:
     """ONNX Runtime vs PyTorch on a few padded shapes; raises if any output is off."""
-    from .inputs import random_batch
-    from .runners import OnnxRuntimeRunner, TorchRunner
-    from .compare import output_errors
+    from debertrt.core.compare import output_errors
+    from debertrt.core.data import random_batch
+    from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
     rng = np.random.default_rng(0)
     worst = {}

@@ -22,10 +22,11 @@ else is refused.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from debertrt.core.onnx_utils import layer_label
 
 # Ops that only move or broadcast the index (its S×S content is unchanged).
 INDEX_PLUMBING = ("Expand", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Cast")
@@ -118,37 +119,6 @@ class _Reach:
             stack.extend(node.inputs)
         self._memo[key] = found
         return found
-
-
-_LAYER = re.compile(r"layer[._/](\d+)")
-
-
-def node_scopes(model) -> dict[str, str]:
-    """Node name -> module scope, from the exporter's metadata (dynamo) or the node name (torchscript)."""
-    import ast
-
-    scopes = {}
-    for node in model.graph.node:
-        scope = None
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.name_scopes":
-                try:
-                    parts = ast.literal_eval(prop.value)
-                    scope = parts[-2] if len(parts) >= 2 else None
-                except (ValueError, SyntaxError):
-                    scope = None
-        if scope is None and node.name.startswith("/"):
-            scope = node.name.rsplit("/", 1)[0]
-        if scope:
-            scopes[node.name] = scope
-    return scopes
-
-
-def layer_label(node, scopes: dict[str, str]) -> str:
-    """``layer.N`` when the node's scope says which layer, else the node's own name."""
-    scope = scopes.get(node.name, node.name)
-    found = _LAYER.search(scope) or _LAYER.search(node.name)
-    return f"layer.{found.group(1)}" if found else (node.name or node.op)
 
 
 # ---------------------------------------------------------------------------- one term

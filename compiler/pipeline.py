@@ -1,7 +1,9 @@
 """The whole chain in one call: export -> rewrite -> precision -> engine -> parity.
 
 Every stage's artifact and manifest entry stays in the output directory; this module only
-decides which stages run on which artifacts and in what order.
+decides which stages run on which artifacts and in what order, and which examples each one
+sees: int8 calibration, the int8 fallback's scoring and parity use disjoint sets
+(``core.data.datasets_for``), so no artifact is judged on the examples it was tuned on.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compare import TOLERANCES
-from .errors import DebertrtError
+from debertrt.core.compare import TOLERANCES
+from debertrt.core.errors import DebertrtError
+from debertrt.core.log import logger
+
 from .export import ExportOptions
 
 PRECISIONS = tuple(TOLERANCES)  # fp32, fp16, int8
@@ -22,9 +26,8 @@ BACKEND_CHOICES = ("auto", "tensorrt", "tensorrt-rtx", "none")
 class BuildOptions:
     precisions: tuple[str, ...] = PRECISIONS
     backend: str = "auto"             # auto: TensorRT if importable, else TensorRT-RTX if installed, else none
-    profiles: tuple = ()              # engine.Profile objects; empty: the engine module's default
+    profiles: tuple = ()              # runtime.profiles.Profile objects; empty: the engine stage's default
     export: ExportOptions = field(default_factory=ExportOptions)
-    calibration_data: str | os.PathLike | None = None
     method: str = "max"
     max_accuracy_loss: float | None = 0.01
     plugin_library: str | os.PathLike | None = None
@@ -41,7 +44,7 @@ def resolve_backend(backend: str) -> str:
     """``auto`` -> the first engine builder this machine has: TensorRT, then TensorRT-RTX, else none."""
     if backend != "auto":
         return backend
-    from .engine import flavour
+    from debertrt.runtime.tensorrt import flavour
 
     for name in ("tensorrt", "tensorrt-rtx"):
         if flavour(name).available():
@@ -56,9 +59,12 @@ class BuildResult:
     parity: dict | None = None
 
 
-def build(ref, out_dir: str | os.PathLike, options: BuildOptions, parity_dataset, report_name: str = "parity",
-          log=print) -> BuildResult:
-    """Run every stage for ``ref`` into ``out_dir``; return the artifacts and the parity result."""
+def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict,
+          report_name: str = "parity") -> BuildResult:
+    """Run every stage for ``ref`` into ``out_dir``; return the artifacts and the parity result.
+
+    ``datasets``: purpose ("calibration", "fallback", "parity") -> ``core.data.Dataset``, disjoint;
+    calibration and fallback are needed only for fp16/int8."""
     from .export import export
     from .parity import parity
     from .rewrite import rewrite
@@ -68,54 +74,43 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, parity_dataset
     steps = 4 + (backend != "none")
     notes: list[str] = []
 
-    log(f"[1/{steps}] export {ref.name} ({ref.task}) -> {out_dir}")
+    logger.info("[1/%d] export %s (%s) -> %s", steps, ref.name, ref.task, out_dir)
     model = export(ref, out_dir, options.export)
-    log(f"[2/{steps}] rewrite -> plugin graph")
-    plugin_model = rewrite(model)
+    logger.info("[2/%d] rewrite -> plugin graph", steps)
+    plugin_model = rewrite(model).path
 
-    log(f"[3/{steps}] precision: {', '.join(options.precisions)}")
+    logger.info("[3/%d] precision: %s", steps, ", ".join(options.precisions))
     graphs = {"fp32": (model, plugin_model)}
-    calibration = _calibration_dataset(ref, options)
     for precision in options.precisions:
-        if precision == "fp32":
-            continue
-        graphs[precision] = tuple(_convert(precision, source, ref, calibration, parity_dataset, options)
-                                  for source in (model, plugin_model))
+        if precision != "fp32":
+            graphs[precision] = tuple(_convert(precision, source, ref, datasets, options)
+                                      for source in (model, plugin_model))
 
     engines: list[Path] = []
     if backend != "none":
-        log(f"[4/{steps}] engines ({backend})")
+        logger.info("[4/%d] engines (%s)", steps, backend)
         engines, engine_notes = _build_engines(graphs, out_dir, backend, options)
         notes += engine_notes
     else:
         notes.append("no engine built: neither TensorRT nor TensorRT-RTX is installed "
                      "(pip install -e '.[rtx]' for TensorRT-RTX ahead-of-time builds)")
 
-    log(f"[{steps}/{steps}] parity against PyTorch fp32")
-    onnx_artifacts = [path for pair in graphs.values() for path in pair]
-    artifacts = onnx_artifacts + engines
-    result = parity(ref, artifacts, parity_dataset, out_dir / report_name)
+    logger.info("[%d/%d] parity against PyTorch fp32", steps, steps)
+    artifacts = [path for pair in graphs.values() for path in pair] + engines
+    result = parity(ref, artifacts, datasets["parity"], out_dir / report_name)
     return BuildResult(artifacts, notes, result)
 
 
-def _calibration_dataset(ref, options: BuildOptions):
-    if not {"fp16", "int8"} & set(options.precisions):
-        return None
-    from debertrt.calibration.data import calibration_dataset
-
-    return calibration_dataset(ref, options.calibration_data)
-
-
-def _convert(precision: str, source: Path, ref, calibration, evaluation, options: BuildOptions) -> Path:
+def _convert(precision: str, source: Path, ref, datasets: dict, options: BuildOptions) -> Path:
     if precision == "fp16":
         from debertrt.calibration.fp16 import to_fp16
 
-        return to_fp16(source, dataset=calibration, ref=ref)
+        return to_fp16(source, dataset=datasets["calibration"], ref=ref).path
     from debertrt.calibration.int8 import Int8Options, quantize_int8
 
     int8_options = Int8Options(method=options.method, max_accuracy_loss=options.max_accuracy_loss)
-    return quantize_int8(source, dataset=calibration, ref=ref, eval_dataset=ref.eval_dataset or evaluation,
-                         options=int8_options)
+    return quantize_int8(source, dataset=datasets["calibration"], ref=ref, fallback_dataset=datasets["fallback"],
+                         options=int8_options).path
 
 
 def _build_engines(graphs: dict, out_dir: Path, backend: str, options: BuildOptions) -> tuple[list[Path], list[str]]:

@@ -33,111 +33,23 @@ layer, no GatherElements left; anything else raises ``DebertrtError`` naming the
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
-import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from debertrt.plugins.spec import DOMAIN, OP_TYPE
 
-from .artifacts import MANIFEST, atomic_path, read_json, record_stage, sha256, sibling, write_json
-from .errors import DebertrtError, InternalError, first_line
-from .patterns import (LayerMatch, PatternError, constant_value, find_disentangled_attention,
-                       node_scopes, scale_on_scores)
+from debertrt.core import onnx_utils as ox
+from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, write_json
+from debertrt.core.errors import DebertrtError, InternalError
+from .model_facts import ModelFacts, config_from_dict
+from .patterns import LayerMatch, PatternError, find_disentangled_attention
+from .rewrite_checks import Probe, check_layer
 
 PLUGIN_SUFFIX = ".plugin.onnx"
 REPORT_SUFFIX = ".rewrite.json"
-SHORT_PROBE = 5          # sequence lengths at which the graph's index/span/scale are measured
-LONG_PROBE_CAP = 1024
-SCALE_RTOL = 1e-5
-PROTOBUF_LIMIT = 2 * 1024**3
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the rewrite needs from the model config (from the export manifest)."""
-
-    model_type: str
-    num_layers: int
-    pos_att_type: tuple
-    position_buckets: int        # > 0: log buckets; 0: linear positions
-    max_relative_positions: int  # resolved (< 1 in the config means max_position_embeddings)
-    max_position_embeddings: int
-    head_size: int
-
-    @property
-    def version(self) -> str:
-        if self.model_type == "deberta":
-            return "v1"
-        return "v3" if self.position_buckets > 0 else "v2"
-
-    @property
-    def static_span(self) -> int | None:
-        """The attention span of v2/v3 (static); None for v1, whose span is min(S, max_relative_positions)."""
-        if self.model_type == "deberta":
-            return None
-        return self.position_buckets if self.position_buckets > 0 else self.max_relative_positions
-
-    def span_at(self, sequence: int) -> int:
-        return self.static_span or min(sequence, self.max_relative_positions)
-
-    @property
-    def scale(self) -> float:
-        """HF's scaled_size_sqrt: sqrt(head_size · (1 + number of positional terms))."""
-        return float(np.sqrt(np.float32(self.head_size * (1 + len(self.pos_att_type)))))
-
-    @classmethod
-    def from_config(cls, config) -> "ModelFacts":
-        model_type = config.model_type
-        if model_type not in ("deberta", "deberta-v2"):
-            raise DebertrtError(f"model_type {model_type!r} is not DeBERTa: nothing to rewrite")
-        if not getattr(config, "relative_attention", False):
-            raise DebertrtError("the model has relative_attention off: it has no disentangled attention to rewrite")
-        kinds = tuple(k for k in ("c2p", "p2c") if k in (getattr(config, "pos_att_type", None) or []))
-        if not kinds:
-            raise DebertrtError("the model's pos_att_type has neither c2p nor p2c: nothing to rewrite")
-        smax = int(config.max_position_embeddings)
-        max_rel = int(getattr(config, "max_relative_positions", -1))
-        if max_rel < 1:
-            max_rel = smax
-        buckets = int(getattr(config, "position_buckets", -1)) if model_type == "deberta-v2" else -1
-        heads = int(config.num_attention_heads)
-        head_size = int(config.hidden_size) // heads
-        if model_type == "deberta-v2":
-            head_size = int(getattr(config, "attention_head_size", head_size))
-        return cls(model_type, int(config.num_hidden_layers), kinds, max(buckets, 0), max_rel, smax, head_size)
-
-    @classmethod
-    def from_manifest(cls, directory: str | os.PathLike) -> "ModelFacts":
-        path = Path(directory) / MANIFEST
-        if not path.is_file():
-            raise DebertrtError(f"{path} not found: rewrite reads the model config from the export manifest; "
-                                f"export with 'debertrt export' (or pass config= to rewrite())")
-        try:
-            entry = read_json(path)["stages"]["export"]
-            config = dict(entry["config"])
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise DebertrtError(f"{path} has no export stage with a config: re-export the model") from exc
-        return cls.from_config(config_from_dict(config))
-
-
-def config_from_dict(config: dict):
-    """A transformers config from a ``to_diff_dict`` (missing keys take transformers' defaults)."""
-    from transformers import AutoConfig
-
-    config = dict(config)
-    model_type = config.pop("model_type", None)
-    if model_type is None:
-        raise DebertrtError("the export manifest's config has no model_type: re-export the model")
-    for key in ("transformers_version", "architectures"):
-        config.pop(key, None)
-    return AutoConfig.for_model(model_type, **config)
 
 
 def plugin_path_for(onnx_path: str | os.PathLike) -> Path:
@@ -150,7 +62,7 @@ def report_path_for(out_path: str | os.PathLike) -> Path:
     return sibling(out_path, REPORT_SUFFIX)
 
 
-def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None) -> Path:
+def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None) -> StageResult:
     """Write ``DIR/model.plugin.onnx`` (one DisentangledAttention node per layer) and its report.
 
     ``config``: a transformers config or a config dict; by default read from the export
@@ -170,13 +82,13 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     else:
         facts = ModelFacts.from_config(config_from_dict(config) if isinstance(config, dict) else config)
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = ox.load(onnx_path, external_data=False)
     if any(n.op_type == OP_TYPE for n in model.graph.node):
         raise DebertrtError(f"{onnx_path} already has DisentangledAttention nodes: give the plain export (model.onnx)")
-    external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    external = ox.uses_external_data(model)
     if external:
         onnx.external_data_helper.load_external_data_for_model(model, str(onnx_path.parent))
-    scopes = node_scopes(model)
+    scopes = ox.node_scopes(model)
     graph = gs.import_onnx(model)
     ops_before = Counter(n.op for n in graph.nodes)
 
@@ -193,7 +105,7 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     new_model = gs.export_onnx(graph)
     if not any(o.domain == DOMAIN for o in new_model.opset_import):
         new_model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
-    _save(new_model, out_path, external)
+    ox.save(new_model, out_path, external=external or None, check=None)
 
     report = {
         "input": str(onnx_path),
@@ -213,12 +125,12 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     }
     report_path = report_path_for(out_path)
     write_json(report_path, report)
+    stage_summary = {"text": summary(report), "model_version": facts.version, "layers": len(reports),
+                     "nodes": report["nodes"]}
     record_stage(out_path.parent, "rewrite", inputs={"model": str(onnx_path), "sha256": sha256(onnx_path)},
-                 options={"out": str(out_path)},
-                 outputs={"model": out_path, "report": report_path},
-                 extra={"summary": summary(report), "model_version": facts.version,
-                        "layers": len(reports), "nodes": report["nodes"]})
-    return out_path
+                 options={"out": str(out_path)}, outputs={"model": out_path, "report": report_path},
+                 extra={"summary": stage_summary})
+    return StageResult(out_path, report_path, stage_summary)
 
 
 def summary(report: dict) -> str:
@@ -265,228 +177,6 @@ def _layer_order(layer: LayerMatch):
     return (0, int(label.split(".")[1]), "") if label.startswith("layer.") and label[6:].isdigit() else (1, 0, label)
 
 
-# ---------------------------------------------------------------------------- measuring
-
-
-class Probe:
-    """Evaluate chosen tensors of the *original* graph with ONNX Runtime at two sequence lengths."""
-
-    def __init__(self, onnx_path: Path, facts: ModelFacts):
-        self.onnx_path = onnx_path
-        self.facts = facts
-        long = min(facts.max_position_embeddings, LONG_PROBE_CAP)
-        self.sequences = tuple(sorted({min(SHORT_PROBE, long), long}))
-        self.values: dict[int, dict[str, np.ndarray]] = {}
-        self.static: dict[str, np.ndarray] = {}
-
-    def value(self, tensor, sequence: int) -> np.ndarray:
-        const = constant_value(tensor)
-        if const is not None:
-            return const
-        return self.values[sequence][tensor.name]
-
-    def is_constant(self, tensor) -> bool:
-        return constant_value(tensor) is not None
-
-    def run(self, layers: list[LayerMatch]) -> "Probe":
-        import onnx
-
-        everywhere, short_only = [], []
-        for layer in layers:
-            for term in layer.terms:
-                everywhere += [term.index.delta, term.index.span] + [t for _, t in term.factors]
-                short_only += [term.scores, term.gather.outputs[0]]
-            short_only.append(layer.c2c)
-            found = scale_on_scores(layer.c2c)
-            if found:
-                short_only.append(found[2])
-        everywhere = _unique(t for t in everywhere if constant_value(t) is None)
-        short_only = _unique(t for t in short_only + everywhere if constant_value(t) is None)
-        model = onnx.load(str(self.onnx_path), load_external_data=False)
-        outputs = {o.name for o in model.graph.output}
-        for t in short_only:
-            if t.name not in outputs:
-                model.graph.output.append(onnx.ValueInfoProto(name=t.name))
-        session = _probe_session(model, self.onnx_path.parent)
-        for sequence in self.sequences:
-            wanted = short_only if sequence == self.sequences[0] else everywhere
-            names = [t.name for t in wanted]
-            try:
-                values = session.run(names, _probe_feed(session, sequence)) if names else []
-            except Exception as exc:
-                raise DebertrtError(f"cannot evaluate {self.onnx_path} at sequence length {sequence} with ONNX "
-                                    f"Runtime to check the attention pattern: {first_line(exc)}") from exc
-            self.values[sequence] = dict(zip(names, values))
-        return self
-
-
-def _unique(tensors):
-    seen, out = set(), []
-    for t in tensors:
-        if t.name not in seen:
-            seen.add(t.name)
-            out.append(t)
-    return out
-
-
-def _probe_session(model, base_dir: Path):
-    import onnxruntime as ort
-
-    from debertrt.plugins.ort import session_for_model
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return session_for_model(model, base_dir, options)
-
-
-_NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-             "tensor(bool)": np.bool_}
-
-
-def _probe_feed(session, sequence: int) -> dict:
-    feed = {}
-    for inp in session.get_inputs():
-        dtype = _NP_TYPES.get(inp.type)
-        if dtype is None or len(inp.shape) != 2:
-            raise DebertrtError(f"cannot make a probe input for {inp.name!r} ({inp.type}, shape {inp.shape}): "
-                                f"rewrite expects [batch, sequence] token inputs")
-        fill = 1 if inp.name in ("attention_mask", "input_ids") else 0
-        feed[inp.name] = np.full((1, sequence), fill, dtype=dtype)
-    return feed
-
-
-# ---------------------------------------------------------------------------- checking
-
-
-def _scalar(value, what: str, where: str) -> float:
-    value = np.asarray(value)
-    if value.size != 1:
-        raise DebertrtError(f"{where}: {what} is not a scalar (shape {value.shape})")
-    return float(value.reshape(()))
-
-
-def check_layer(layer: LayerMatch, probe: Probe, facts: ModelFacts, table: np.ndarray) -> dict:
-    """Verify one layer against the table and config; classify its terms; return its report entry."""
-    where = layer.label
-    smax = facts.max_position_embeddings
-    spans = {}
-    for term in layer.terms:
-        kinds = set()
-        for sequence in probe.sequences:
-            span = int(_scalar(probe.value(term.index.span, sequence), f"the span {term.index.span.name!r}", where))
-            expected_span = facts.span_at(sequence)
-            if span != expected_span:
-                rule = (f"min(S, {facts.max_relative_positions})" if facts.static_span is None
-                        else f"{facts.static_span}")
-                raise DebertrtError(f"{where}: the graph's attention span at S={sequence} is {span} "
-                                    f"({term.index.span.name!r}) but the config says {rule} = {expected_span}")
-            spans.setdefault(sequence, set()).add(span)
-            delta = np.asarray(probe.value(term.index.delta, sequence))
-            if delta.size % (sequence * sequence) or delta.ndim < 2 or delta.shape[-2:] != (sequence, sequence):
-                raise DebertrtError(f"{where}: the index {term.index.delta.name!r} of {term.gather.name!r} has shape "
-                                    f"{delta.shape} at S={sequence}; expected [..., {sequence}, {sequence}]")
-            rel = table[np.arange(sequence)[:, None] - np.arange(sequence)[None, :] + smax - 1].astype(np.int64)
-            matched = [kind for kind, sign in (("c2p", 1), ("p2c", -1))
-                       if np.array_equal(delta.reshape(-1, sequence, sequence),
-                                         np.broadcast_to(np.clip(sign * rel + span, 0, 2 * span - 1),
-                                                         (delta.size // sequence**2, sequence, sequence)))]
-            if not matched:
-                c2p = np.clip(rel + span, 0, 2 * span - 1)
-                bad = int(np.count_nonzero(delta.reshape(-1, sequence, sequence) != c2p))
-                raise DebertrtError(
-                    f"{where}: the index of {term.gather.name!r} is not clamp(±bucket(i-j) + span, 0, 2*span-1) for "
-                    f"position_buckets={facts.position_buckets}, max_relative_positions="
-                    f"{facts.max_relative_positions} at S={sequence} ({bad} of {delta.size} entries differ from "
-                    f"the c2p form); the config and the graph disagree")
-            kinds.add(matched[0] if sequence > 1 else "?")
-        kinds.discard("?")
-        if len(kinds) != 1:
-            raise DebertrtError(f"{where}: cannot tell whether {term.gather.name!r} is c2p or p2c")
-        term.kind = kinds.pop()
-        if term.transposed != (term.kind == "p2c"):
-            raise DebertrtError(f"{where}: {term.gather.name!r} gathers the {term.kind} way but its result is "
-                                f"{'' if term.transposed else 'not '}transposed before the sum")
-        short = probe.sequences[0]
-        scores = probe.values[short].get(term.scores.name)
-        if scores is not None and scores.shape[-1] != 2 * facts.span_at(short):
-            raise DebertrtError(f"{where}: the {term.kind} scores {term.scores.name!r} are {scores.shape[-1]} wide at "
-                                f"S={short}; expected 2*span = {2 * facts.span_at(short)}")
-        gathered = probe.values[short].get(term.gather.outputs[0].name)
-        c2c = probe.values[short].get(layer.c2c.name)
-        if gathered is not None and c2c is not None:
-            shape = gathered.shape[:-2] + gathered.shape[-2:][::-1] if term.transposed else gathered.shape
-            if tuple(shape) != tuple(c2c.shape):
-                raise DebertrtError(f"{where}: the {term.kind} term ({tuple(shape)}) and the c2c scores "
-                                    f"{layer.c2c.name!r} ({tuple(c2c.shape)}) do not have the same shape")
-        axis = term.gather.attrs.get("axis", 0)
-        rank = scores.ndim if scores is not None else None
-        if rank is not None and axis % rank != rank - 1:
-            raise DebertrtError(f"{where}: {term.gather.name!r} gathers along axis {axis}, not the last one")
-
-    kinds = sorted(t.kind for t in layer.terms)
-    if kinds != sorted(facts.pos_att_type):
-        raise DebertrtError(f"{where}: the layer's positional terms are {kinds} but pos_att_type is "
-                            f"{list(facts.pos_att_type)}")
-
-    # The positional scale: product of the scalar Div/Mul after each gather, equal for both terms.
-    factors, sources = [], []
-    for term in layer.terms:
-        factor = 1.0
-        for op, tensor in term.factors:
-            values = {round(_scalar(probe.value(tensor, s), f"the {op} operand {tensor.name!r}", where), 12)
-                      for s in probe.sequences}
-            if len(values) != 1:
-                raise DebertrtError(f"{where}: the {term.kind} scale {tensor.name!r} changes with the sequence "
-                                    f"length ({sorted(values)})")
-            value = values.pop()
-            factor = factor / value if op == "Div" else factor * value
-            sources.append("constant" if probe.is_constant(tensor) else "evaluated")
-        factors.append(factor)
-    pos_scale = factors[0]
-    if any(not math.isclose(f, pos_scale, rel_tol=SCALE_RTOL) for f in factors):
-        raise DebertrtError(f"{where}: c2p and p2c are scaled differently ({factors}); one pos_scale cannot express it")
-    expected = 1.0 if facts.model_type == "deberta" else 1.0 / facts.scale
-    if not math.isclose(pos_scale, expected, rel_tol=SCALE_RTOL):
-        raise DebertrtError(f"{where}: the graph scales the positional terms by {pos_scale:.8g} but the config "
-                            f"(head size {facts.head_size}, {len(facts.pos_att_type)} positional terms) gives "
-                            f"{expected:.8g}")
-
-    c2c_scale = None
-    found = scale_on_scores(layer.c2c)
-    if found:
-        side, op, tensor = found
-        try:
-            value = _scalar(probe.value(tensor, probe.sequences[0]), "the c2c scale", where)
-            c2c_scale = {"on": side, "op": op, "value": value if op == "Div" else 1.0 / value,
-                         "source": "constant" if probe.is_constant(tensor) else "evaluated",
-                         "matches_config": math.isclose(value if op == "Div" else 1.0 / value, facts.scale,
-                                                        rel_tol=SCALE_RTOL)}
-        except (KeyError, DebertrtError):
-            c2c_scale = {"on": side, "op": op, "value": None}
-
-    static = all(probe.is_constant(t.index.span) for t in layer.terms)
-    return {
-        "layer": layer.label,
-        "gathers": {t.kind: t.gather.name for t in layer.terms},
-        "c2c": layer.c2c.name,
-        "sum": layer.root.name,
-        "adds_removed": len(layer.adds),
-        "span": {"source": "static" if static else "dynamic",
-                 "rule": (f"span {facts.static_span}" if facts.static_span is not None
-                          else f"span min(S, {facts.max_relative_positions})"),
-                 "measured": {str(s): sorted(v)[0] for s, v in spans.items()}},
-        "buckets": {"position_buckets": facts.position_buckets,
-                    "max_relative_positions": facts.max_relative_positions,
-                    "kind": "log" if facts.position_buckets > 0 else "linear"},
-        "scale": {"c2c": c2c_scale,
-                  "positional": [{"term": t.kind, "ops": [op for op, _ in t.factors]} for t in layer.terms],
-                  "source": sorted(set(sources)) or ["none (pre-scaled)"],
-                  "config": facts.scale},
-        "pos_scale": pos_scale,
-    }
-
-
 # ---------------------------------------------------------------------------- rewriting
 
 
@@ -524,28 +214,3 @@ def replace_layers(graph, layers: list[LayerMatch], reports: list[dict], facts: 
 
 def _scope_of(name: str) -> str:
     return name.rsplit("/", 1)[0] if name.startswith("/") and "/" in name[1:] else ""
-
-
-def _save(model, out_path: Path, external: bool) -> None:
-    """Write atomically: the graph lands last, and never half-written."""
-    import onnx
-
-    external = external or model.ByteSize() > PROTOBUF_LIMIT // 2
-    if not external:
-        with atomic_path(out_path) as tmp:
-            onnx.save_model(model, str(tmp))
-        data = out_path.with_name(out_path.name + ".data")
-        if data.exists():
-            data.unlink()
-        return
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
-        data_name = out_path.name + ".data"
-        staged = staging / out_path.name
-        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        os.replace(staging / data_name, out_path.parent / data_name)
-        os.replace(staged, out_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -24,15 +24,17 @@ import re
 import shutil
 from pathlib import Path
 
-from .artifacts import atomic_dir, sha256, write_text
-from .engine import cached_plugin_library, engine_json_path, read_engine_json
-from .errors import DebertrtError
+from debertrt.core.artifacts import atomic_dir, sha256, write_text
+from debertrt.plugins.cuda_kernel import PLUGIN_STATIC_LIBRARY
+from debertrt.runtime.engine_json import engine_json_path, read_engine_json
+from debertrt.runtime.tensorrt import cached_plugin_library
+from debertrt.core.errors import DebertrtError
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
     "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8",
 }
-STATIC_PLUGIN_LIBRARY = "libdebertrt_plugins_static.so"
+STATIC_PLUGIN_LIBRARY = PLUGIN_STATIC_LIBRARY
 DEFAULT_QUEUE_DELAY_US = 100
 
 

@@ -2,8 +2,8 @@
 
 The C++/CUDA sources live beside this file (``CMakeLists.txt``, ``disentangled_attention/``).
 :func:`build` runs CMake into a build directory; without one it uses a cache directory keyed
-by a hash of the sources and options (``~/.cache/debertrt/plugins/<hash>``, or under
-``$DEBERTRT_CACHE_DIR`` / ``$XDG_CACHE_HOME``), so an unchanged tree builds once.
+by a hash of the sources and options (``<debertrt cache>/plugins/<hash>``, see
+``debertrt.core.artifacts.cache_root``), so an unchanged tree builds once.
 
 :func:`disentangled_attention` calls the kernel's C entry point through ctypes on torch CUDA
 tensors; it is what tests and benchmarks use where TensorRT is absent. The NumPy oracle stays
@@ -29,6 +29,8 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from debertrt.core.artifacts import cache_root
 
 KERNEL_LIBRARY = "libdebertrt_kernels.so"
 PLUGIN_LIBRARY = "libdebertrt_plugins.so"
@@ -85,11 +87,8 @@ def source_hash(**options) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_root() -> Path:
-    if os.environ.get("DEBERTRT_CACHE_DIR"):
-        return Path(os.environ["DEBERTRT_CACHE_DIR"]) / "plugins"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "debertrt" / "plugins"
+def build_cache() -> Path:
+    return cache_root() / "plugins"
 
 
 def find_nvcc() -> str | None:
@@ -147,7 +146,7 @@ def default_build_dir(*, tensorrt_root: str | os.PathLike | None = None, compile
                       cuda_architectures: str = DEFAULT_CUDA_ARCHITECTURES) -> Path:
     key = source_hash(tensorrt_root=str(tensorrt_root or ""), compile_only=compile_only,
                       cuda_architectures=cuda_architectures)
-    return cache_root() / key
+    return build_cache() / key
 
 
 _build_lock = threading.Lock()

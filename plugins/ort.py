@@ -238,7 +238,7 @@ def _plugin_session_class():
 
 
 def _op_error(exc: BaseException):
-    from debertrt.compiler.errors import DebertrtError
+    from debertrt.core.errors import DebertrtError
 
     return DebertrtError(f"the DisentangledAttention reference op failed: {type(exc).__name__}: {exc}")
 

@@ -1,9 +1,7 @@
-"""Running built engines: the Python runtime (C++ example under runtime/cpp).
+"""Running what debertrt builds: runners (PyTorch, ONNX Runtime, TensorRT) behind one contract,
+the TensorRT flavour layer, optimization profiles, engine.json and the engine runtime (C++
+example under runtime/cpp).
 
-``Engine`` imports neither TensorRT nor torch until it runs: reading engine.json and
-checking input shapes against the engine's profiles work on any machine.
+Nothing here imports TensorRT or torch until it runs: reading engine.json and checking input
+shapes against an engine's profiles work on any machine.
 """
-
-from .engine import Engine, EngineMetadata, TensorRTRunner, unavailable_reason
-
-__all__ = ["Engine", "EngineMetadata", "TensorRTRunner", "unavailable_reason"]

@@ -21,96 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from debertrt.compiler.engine import (Profile, find_plugin_library, flavour, load_plugin_library,
-                                      read_engine_json, engine_json_path, PLUGIN_LIBRARY_ENV, dtype_name)
-from debertrt.compiler.artifacts import sha256
-from debertrt.compiler.errors import DebertrtError, InternalError
-from debertrt.compiler.runners import Runner
+from debertrt.core.errors import DebertrtError, InternalError
+
+from .engine_json import EngineMetadata
+from .tensorrt import PLUGIN_LIBRARY_ENV, dtype_name, find_plugin_library, load_plugin_library, make_logger
 
 # GPUs TensorRT-RTX runs on when the engine was built for its default targets
 # (sm_80, sm_86, sm_89 and sm_120 onwards); data-centre Hopper/Blackwell (sm_90, sm_100) are not among them.
 RTX_DEFAULT_CAPABILITIES = ((8, 0), (8, 6), (8, 9))
 RTX_DEFAULT_MIN_LATEST = (12, 0)
-
-
-class EngineMetadata:
-    """engine.json of one plan: names, dtypes, profiles, versions. Needs neither TensorRT nor a GPU."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.json_path = engine_json_path(path)
-        self.data = read_engine_json(self.json_path)
-        self.plan_path = self.json_path.with_name(self.data["plan"]["path"])
-        self.profiles = [Profile.from_dict(p) for p in self.data["profiles"]]
-        if not self.profiles:
-            raise DebertrtError(f"{self.json_path} lists no optimization profile: rebuild the engine")
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t["name"] for t in self.data["inputs"])
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t["name"] for t in self.data["outputs"])
-
-    @property
-    def flavour(self):
-        return flavour(self.data["tensorrt"]["flavour"])
-
-    @property
-    def version(self) -> str:
-        return self.data["tensorrt"]["version"]
-
-    @property
-    def plugin(self) -> dict | None:
-        return self.data["plugin"]
-
-    @property
-    def precision(self) -> str:
-        return self.data["precision"]
-
-    def profile_text(self) -> str:
-        return " | ".join(str(p) for p in self.profiles)
-
-    def check_shapes(self, shapes: dict[str, tuple[int, ...]]) -> int:
-        """The index of the first profile that takes these input shapes; a clear error otherwise."""
-        missing = [n for n in self.input_names if n not in shapes]
-        if missing:
-            raise DebertrtError(f"{self.plan_path.name}: inputs {missing} are missing (the engine takes "
-                                f"{', '.join(self.input_names)})")
-        dims = set()
-        for name in self.input_names:
-            shape = tuple(int(d) for d in shapes[name])
-            if len(shape) != 2:
-                raise DebertrtError(f"{self.plan_path.name}: input {name} has shape {list(shape)}; "
-                                    f"the engine takes [batch, sequence]")
-            dims.add(shape)
-        if len(dims) != 1:
-            raise DebertrtError(f"{self.plan_path.name}: the inputs disagree on [batch, sequence]: {sorted(dims)}")
-        batch, sequence = dims.pop()
-        for index, profile in enumerate(self.profiles):
-            if profile.contains(batch, sequence):
-                return index
-        longest = max(p.sequence[2] for p in self.profiles)
-        largest = max(p.batch[2] for p in self.profiles)
-        if sequence > longest:
-            why = f"sequence length {sequence} exceeds the engine's maximum {longest}"
-        elif batch > largest:
-            why = f"batch size {batch} exceeds the engine's maximum {largest}"
-        else:
-            why = f"batch {batch} x sequence {sequence} is outside every optimization profile"
-        raise DebertrtError(f"{self.plan_path.name}: {why} (profiles {self.profile_text()}); truncate or split "
-                            f"the inputs, or rebuild with a larger --profile")
-
-    def read_plan(self) -> bytes:
-        """The plan's bytes, checked against the size and sha256 in engine.json."""
-        if not self.plan_path.is_file():
-            raise DebertrtError(f"{self.plan_path} not found: rebuild the engine (debertrt engine ...)")
-        expected = self.data["plan"]
-        blob = self.plan_path.read_bytes()
-        if len(blob) != expected.get("bytes", len(blob)) or sha256(self.plan_path) != expected["sha256"]:
-            raise DebertrtError(f"{self.plan_path} does not match {self.json_path.name} (size or sha256 differs): "
-                                f"the plan is corrupt or was replaced; rebuild the engine")
-        return blob
 
 
 def unavailable_reason(metadata: EngineMetadata) -> str | None:
@@ -211,8 +130,6 @@ class Engine:
         self._torch_device = torch.device("cuda", torch.cuda.current_device())
         if meta.plugin:
             load_plugin_library(trt, self.plugin_library, meta.plugin, fl.title)
-
-        from debertrt.compiler.engine import make_logger
 
         self._logger = make_logger(trt, verbose=False)
         self._runtime = trt.Runtime(self._logger)
@@ -360,35 +277,3 @@ class Engine:
                 static_in[name].copy_(tensor, non_blocking=True)
             graph.replay()
             return {name: t.clone() for name, t in static_out.items()}
-
-
-class TensorRTRunner(Runner):
-    """A TensorRT / TensorRT-RTX engine behind the runner interface (name -> float32 NumPy arrays)."""
-
-    def __init__(self, path: str | os.PathLike, max_sequence: int | None = None,
-                 plugin_library: str | os.PathLike | None = None, cuda_graph: bool = False):
-        self.metadata = EngineMetadata(path)
-        super().__init__(self.metadata.input_names, max_sequence)
-        self.path = self.metadata.plan_path
-        self.name = f"{self.metadata.flavour.name}:{self.path.name}"
-        self.runtime = f"{self.metadata.flavour.name}-{self.metadata.version}"
-        self.plugin_library = plugin_library
-        self.cuda_graph = cuda_graph
-        self._engine = None
-
-    def _activate(self):
-        reason = unavailable_reason(self.metadata)
-        if reason:
-            from debertrt.compiler.parity import NotRunnable
-
-            raise NotRunnable(reason)
-        self._engine = Engine(self.path, plugin_library=self.plugin_library, cuda_graph=self.cuda_graph).activate()
-
-    def _deactivate(self):
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-
-    def _infer(self, feed):
-        outputs = self._engine.infer(feed)
-        return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}

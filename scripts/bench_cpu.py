@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="bench_cpu.json", help="where to write the results")
     args = parser.parse_args(argv)
 
-    from debertrt.calibration import bench
+    from debertrt.compiler import bench_cpu as bench
 
     result = bench.run(base=args.base, repeat=args.repeat, base_repeat=args.base_repeat, threads=args.threads)
     bench.save(result, args.json)

@@ -3,7 +3,7 @@
 
 Thin wrapper over ``debertrt.plugins.kernel_check``; ``--help`` lists the options.
 Works from a bare checkout too: if the ``debertrt`` package is not installed, this script
-maps ``debertrt.plugins`` onto the checkout's ``plugins/`` folder for the run.
+maps ``debertrt.core`` and ``debertrt.plugins`` onto the checkout's folders for the run.
 """
 
 from __future__ import annotations
@@ -17,17 +17,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+PACKAGES = ("core", "plugins")  # what kernel_check imports: the checkout's folders of the same names
+
+
 def _import_kernel_check():
     try:
         return importlib.import_module("debertrt.plugins.kernel_check")
     except ImportError:
         pass
-    # Not installed: a temporary namespace package `debertrt` whose `plugins` is the checkout's folder.
+    # Not installed: a temporary namespace package `debertrt` whose subpackages are the checkout's folders.
     shim = Path(tempfile.mkdtemp(prefix="debertrt-shim-")) / "debertrt"
     shim.mkdir()
-    link = shim / "plugins"
-    link.symlink_to(REPO / "plugins", target_is_directory=True)
-    atexit.register(lambda: (link.unlink(), shim.rmdir(), shim.parent.rmdir()))  # the link only, never its target
+    links = [shim / name for name in PACKAGES]
+    for link in links:
+        link.symlink_to(REPO / link.name, target_is_directory=True)
+    # the links only, never their targets
+    atexit.register(lambda: ([link.unlink() for link in links], shim.rmdir(), shim.parent.rmdir()))
     sys.path.insert(0, str(shim.parent))
     for name in [m for m in sys.modules if m == "debertrt" or m.startswith("debertrt.")]:
         del sys.modules[name]

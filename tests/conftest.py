@@ -16,7 +16,7 @@ def exported(tmp_path_factory):
     treat the directory as read-only: write derived artifacts into your own tmp_path.
     """
     from debertrt.compiler.export import ExportOptions, export
-    from debertrt.compiler.models import load_model
+    from debertrt.core.models import load_model
 
     cache = {}
 

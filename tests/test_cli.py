@@ -7,7 +7,7 @@ import pytest
 
 from debertrt.compiler import export as export_module
 from debertrt.compiler.cli import main
-from debertrt.compiler.errors import DebertrtError
+from debertrt.core.errors import DebertrtError
 
 
 def _run(args, capsys):
@@ -44,7 +44,7 @@ def test_non_deberta_config(tmp_path, capsys):
 
 
 def test_checkpoint_without_weights(tmp_path, capsys):
-    from debertrt.compiler.models import preset_config
+    from debertrt.core.models import preset_config
 
     ckpt = tmp_path / "ckpt"
     preset_config("tiny-deberta-v3").save_pretrained(ckpt)
@@ -108,7 +108,7 @@ def test_main_job_runs_with_no_arguments(tmp_path):
     report = json.loads((out / "parity.json").read_text())
     checked = [e["path"].rsplit("/", 1)[-1] for e in report["artifacts"]]
     assert checked[:6] == onnx_artifacts  # every artifact is checked, not only the fp32 one
-    assert all(e["passed"] for e in report["artifacts"] if e["status"] == "ran")
+    assert all(e["verdict"] == "passed" for e in report["artifacts"] if e["status"] == "ran")
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert {"export", "rewrite"} <= set(stages)
     if importlib.util.find_spec("tensorrt_rtx_bindings") or importlib.util.find_spec("tensorrt"):

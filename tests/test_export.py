@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import pytest
 
-from debertrt.compiler.artifacts import read_json
-from debertrt.compiler.compare import output_errors
+from debertrt.core.artifacts import read_json
+from debertrt.core.compare import output_errors
 from debertrt.compiler.export import ExportOptions, export
-from debertrt.compiler.inputs import random_batch
-from debertrt.compiler.models import PRESETS, TASKS, load_model
-from debertrt.compiler.runners import OnnxRuntimeRunner, TorchRunner
+from debertrt.core.data import random_batch
+from debertrt.core.models import PRESETS, TASKS, load_model
+from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
 SEQUENCES = (1, 7, 64, 65, 300)
 

@@ -7,11 +7,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from debertrt.compiler.compare import TaskAgreement, output_errors
-from debertrt.compiler.errors import DebertrtError
+from debertrt.core.compare import (TOLERANCES, OutputTolerance, TaskAgreement, Tolerance, judge, output_errors,
+                                   overall)
+from debertrt.core.errors import DebertrtError
 from debertrt.compiler.export import ExportOptions, export
-from debertrt.compiler.inputs import random_dataset, read_examples, text_dataset
-from debertrt.compiler.models import build_from_config, load_model, preset_config
+from debertrt.core.data import random_dataset, read_examples, text_dataset
+from debertrt.core.models import build_from_config, load_model, preset_config
 from debertrt.compiler.parity import parity
 
 SENTENCES = [
@@ -52,7 +53,7 @@ def test_checkpoint_with_text_data_reports_task_metric(checkpoint, tmp_path):
 
     result = parity(ref, [onnx_path], dataset, tmp_path / "report")
     entry = result["artifacts"][0]
-    assert result["passed"] and entry["passed"] and entry["precision"] == "fp32"
+    assert result["verdict"] == entry["verdict"] == "passed" and entry["precision"] == "fp32"
     assert entry["runtime"] == "onnxruntime-cpu"
     assert entry["task"]["metric"] == "accuracy"
     assert entry["task"]["artifact"] == entry["task"]["reference"]
@@ -77,9 +78,9 @@ def test_a_wrong_artifact_fails(exported, tmp_path):
     onnx.save(model, broken)
     result = parity(ref, [broken], random_dataset(ref, batches=2, batch_size=3, max_sequence=40), tmp_path / "r")
     entry = result["artifacts"][0]
-    assert not result["passed"] and not entry["passed"]
+    assert result["verdict"] == entry["verdict"] == "failed"
     assert entry["outputs"]["logits"]["max_abs"] > 1e-2
-    assert "**no**" in (tmp_path / "r.md").read_text()
+    assert "**FAILED**" in (tmp_path / "r.md").read_text()
 
 
 def test_output_errors_on_non_pad_positions_only():
@@ -89,10 +90,42 @@ def test_output_errors_on_non_pad_positions_only():
     got[0, 2] = 100.0  # a padded position: ignored
     assert output_errors(ref, got, mask)["max_abs"] == 0.0
     got[0, 1, 0] = 0.5
-    err = output_errors(ref, got, mask, atol=0.1)
-    assert err["max_abs"] == 0.5 and err["within_tol"] == 0.75 and err["count"] == 4
+    err = output_errors(ref, got, mask, OutputTolerance(atol=0.1))
+    assert err["max_abs"] == 0.5 and err["within_tol"] == 0.75 and err["count"] == 4 and err["rows"] == 2
     got[0, 0, 0] = np.nan
-    assert np.isnan(output_errors(ref, got, mask)["max_abs"])
+    assert np.isnan(output_errors(ref, got, mask)["max_abs"]) and not output_errors(ref, got, mask)["finite"]
+
+
+def test_rtol_and_row_metrics():
+    mask = np.array([[1, 1]])
+    ref = np.array([[[10.0, 0.0], [0.0, 1.0]]])
+    got = np.array([[[10.5, 0.0], [0.0, -1.0]]])  # 5 % off on one token, reversed on the other
+    err = output_errors(ref, got, mask, OutputTolerance(atol=0.0, rtol=0.06))
+    assert err["within_tol"] == 0.75  # 10 -> 10.5 within 6 %; 1 -> -1 not
+    assert err["min_row_cosine"] == pytest.approx(-1.0) and err["max_row_rel_error"] == pytest.approx(2.0)
+
+
+def test_every_criterion_can_fail_and_nothing_applicable_is_not_judged():
+    """An int8 artifact of a base model (hidden states, no predictions) used to pass whenever its
+    outputs were finite: its hidden states are now judged by row cosine and relative error."""
+    mask = np.ones((1, 4), dtype=np.int64)
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(1, 4, 8))
+    garbage = rng.normal(size=(1, 4, 8))  # finite, unrelated to the reference
+    errors = {"last_hidden_state": output_errors(ref, garbage, mask)}
+    verdict, criteria = judge(errors, None, TOLERANCES["int8"])
+    assert verdict == "failed" and {c["criterion"] for c in criteria if not c["passed"]} == {
+        "row cosine (min)", "row ‖Δ‖/‖ref‖ (max)"}
+    close = {"last_hidden_state": output_errors(ref, ref * 1.01, mask)}
+    assert judge(close, None, TOLERANCES["int8"])[0] == "passed"
+    for precision in TOLERANCES:  # every precision judges both kinds of output
+        for output in ("last_hidden_state", "logits"):
+            tolerance = TOLERANCES[precision]
+            errors = {output: output_errors(ref, garbage, mask, tolerance.for_output(output))}
+            assert judge(errors, None, tolerance)[0] == "failed", (precision, output)
+    assert judge({"logits": close["last_hidden_state"]}, None, Tolerance({}))[0] == "not judged"
+    assert overall(["passed", "not judged"]) == "passed" and overall(["not judged"]) == "not judged"
+    assert overall(["passed", "failed"]) == "failed"
 
 
 def test_task_agreement_metrics():

@@ -372,7 +372,7 @@ def test_source_hash_tracks_sources_and_options(monkeypatch, tmp_path):
     base = cuda_kernel.source_hash(compile_only=False)
     assert base == cuda_kernel.source_hash(compile_only=False)
     assert base != cuda_kernel.source_hash(compile_only=True)
-    monkeypatch.setenv("DEBERTRT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DEBERTRT_CACHE", str(tmp_path))
     directory = cuda_kernel.default_build_dir()
     assert directory.parent == tmp_path / "plugins" and len(directory.name) == 16
     files = {p.name for p in cuda_kernel.source_files()}
@@ -384,7 +384,7 @@ def test_bench_script_runs_from_a_bare_checkout_without_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: this checks the no-GPU exit")
     checkout = tmp_path / "checkout"
-    for folder in ("plugins", "scripts"):
+    for folder in ("core", "plugins", "scripts"):
         shutil.copytree(REPO / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__", "build"))
     # Hide the installed (editable) package so the script's own shim is what imports kernel_check.
     code = ("import sys, runpy; "

@@ -14,14 +14,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from debertrt.calibration import trained
 from debertrt.calibration import graph as G
-from debertrt.calibration.data import calibration_dataset
 from debertrt.calibration.fp16 import to_fp16
 from debertrt.calibration.graph import report_paths
-from debertrt.calibration.int8 import Int8Options, accuracy_fallback, check_placement, quantize_int8
-from debertrt.compiler.errors import DebertrtError
-from debertrt.compiler.inputs import Dataset
+from debertrt.calibration.int8 import accuracy_fallback, check_placement, quantize_int8
+from debertrt.calibration.options import Int8Options
+from debertrt.core import onnx_utils as ox
+from debertrt.core import trained
+from debertrt.core.data import Dataset, text_dataset
+from debertrt.core.errors import DebertrtError
+from debertrt.plugins.graph_types import elem_types
 
 TASK = "sequence-classification"
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -52,29 +54,29 @@ def calib_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def calib(ref, calib_file):
-    return calibration_dataset(ref, calib_file, batch_size=16)
+    return text_dataset(ref, calib_file, batch_size=16)
 
 
 @pytest.fixture(scope="session")
 def fp16_model(export_dir, ref, calib):
-    return to_fp16(export_dir / "model.onnx", dataset=calib, ref=ref)
+    return to_fp16(export_dir / "model.onnx", dataset=calib, ref=ref).path
 
 
 @pytest.fixture(scope="session")
 def int8_model(export_dir, ref, calib):
-    return quantize_int8(export_dir / "model.onnx", dataset=calib, ref=ref)
+    return quantize_int8(export_dir / "model.onnx", dataset=calib, ref=ref).path
 
 
 @pytest.fixture(scope="session")
 def torch_outputs(ref):
-    from debertrt.compiler.runners import TorchRunner
+    from debertrt.runtime.runners import TorchRunner
 
     with TorchRunner(ref) as runner:
-        return [runner.infer(b) for b in ref.eval_dataset.batches]
+        return [runner.infer(b) for b in ref.own_data("parity").batches]
 
 
 def ort_outputs(path, dataset):
-    from debertrt.compiler.runners import OnnxRuntimeRunner
+    from debertrt.runtime.runners import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path) as runner:
         return [runner.infer(b) for b in dataset.batches]
@@ -85,11 +87,11 @@ def accuracy(outputs, labels):
 
 
 def types_of(model):
-    return G.elem_types(model)
+    return elem_types(model)
 
 
 def produced_by(model):
-    return G.producers(model.graph)
+    return ox.producers(model.graph)
 
 
 # ----------------------------------------------------------------------------- fp16
@@ -125,7 +127,7 @@ def test_fp16_graph_is_type_consistent_with_fp32_islands(export_dir, fp16_model)
 
 
 def test_fp16_report_says_what_stayed_fp32_and_why(fp16_model):
-    from debertrt.compiler.artifacts import read_json
+    from debertrt.core.artifacts import read_json
 
     report = read_json(fp16_model.with_name("model.fp16.json"))
     kinds = report["summary"]["fp32_by_kind"]
@@ -143,11 +145,11 @@ def test_fp16_report_says_what_stayed_fp32_and_why(fp16_model):
 
 
 def test_fp16_matches_pytorch_fp32(ref, fp16_model, torch_outputs):
-    got = ort_outputs(fp16_model, ref.eval_dataset)
+    got = ort_outputs(fp16_model, ref.own_data("parity"))
     err = max(float(np.abs(g["logits"] - t["logits"]).max()) for g, t in zip(got, torch_outputs))
     agree = float(np.mean(np.concatenate([g["logits"].argmax(-1) == t["logits"].argmax(-1)
                                           for g, t in zip(got, torch_outputs)])))
-    print(f"fp16 vs PyTorch fp32 on {len(ref.eval_dataset)} held-out examples: max abs {err:.4g}, "
+    print(f"fp16 vs PyTorch fp32 on {len(ref.own_data('parity'))} held-out examples: max abs {err:.4g}, "
           f"argmax agreement {agree:.2%}")
     assert err <= 1e-2
     assert agree >= 0.99
@@ -178,8 +180,8 @@ def test_fp16_islands_follow_measured_ranges(tmp_path):
     onnx.save(model, str(src))
     ids = rng.integers(0, 20, size=(4, 6))
     data = Dataset([{"input_ids": ids, "attention_mask": np.ones_like(ids)}])
-    out = to_fp16(src, dataset=data)
-    from debertrt.compiler.artifacts import read_json
+    out = to_fp16(src, dataset=data).path
+    from debertrt.core.artifacts import read_json
 
     report = read_json(out.with_name("model.fp16.json"))
     reasons = {k["node"]: k["kind"] for k in report["fp32_nodes"]}
@@ -197,10 +199,8 @@ def test_fp16_islands_follow_measured_ranges(tmp_path):
 
 def rtx_build(path: Path, out_dir: Path):
     pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX bindings are not installed")
-    try:
-        from debertrt.compiler.engine import EngineOptions, build_engine
-    except ImportError as exc:
-        pytest.skip(f"compiler.engine is not available: {exc}")
+    from debertrt.compiler.engine import EngineOptions, build_engine
+
     return build_engine(path, out_dir, EngineOptions(backend="tensorrt-rtx",
                                                      profiles=("batch=1:4:8,sequence=1:32:64",)))
 
@@ -210,7 +210,7 @@ def test_artifacts_build_with_tensorrt_rtx(which, fp16_model, int8_model, tmp_pa
     """Strongly typed network from the ONNX parser, build_serialized_network (ahead of time, no GPU)."""
     plan = rtx_build(fp16_model if which == "fp16" else int8_model, tmp_path)
     assert plan.is_file() and plan.stat().st_size > 0
-    from debertrt.compiler.artifacts import read_json
+    from debertrt.core.artifacts import read_json
 
     assert read_json(plan.with_suffix(".json"))["precision"] == which
 
@@ -223,8 +223,8 @@ def assert_qdq_placement(model, expect_quantized: int | None = None):
     weights are int8 per-channel on the output axis with zero point 0, nothing touches
     Softmax / LayerNormalization / Add / DisentangledAttention."""
     graph = model.graph
-    consumer, producer = G.consumers(graph), G.producers(graph)
-    inits = G.initializer_map(graph)
+    consumer, producer = ox.consumers(graph), ox.producers(graph)
+    inits = ox.initializer_map(graph)
     quantized = set()
     for node in graph.node:
         if node.op_type == "QuantizeLinear":
@@ -278,19 +278,27 @@ def test_int8_qdq_sits_only_on_matmul_inputs(int8_model, export_dir):
 
 
 def test_int8_task_metric_within_budget_of_fp32(ref, int8_model, torch_outputs):
-    from debertrt.compiler.artifacts import read_json
+    from debertrt.core.artifacts import read_json
 
     report = read_json(report_paths(int8_model)[0])
     s = report["summary"]
     assert s["metric"] == "accuracy" and s["within_budget"]
-    got = ort_outputs(int8_model, ref.eval_dataset)
-    fp32_acc = accuracy(torch_outputs, ref.eval_dataset.labels)
-    int8_acc = accuracy(got, ref.eval_dataset.labels)
+    got = ort_outputs(int8_model, ref.own_data("parity"))
+    fp32_acc = accuracy(torch_outputs, ref.own_data("parity").labels)
+    int8_acc = accuracy(got, ref.own_data("parity").labels)
     print(f"held-out accuracy: PyTorch fp32 {fp32_acc:.4f}, int8 (ORT) {int8_acc:.4f}; "
           f"left in float: {s['float_groups'] or 'none'}")
     assert int8_acc >= fp32_acc * (1 - 0.01)
-    assert s["fp32"] == pytest.approx(fp32_acc)
-    assert s["int8"] == pytest.approx(int8_acc)
+    # the fallback scored the preset's fallback set, never the parity set judged above
+    fallback_set = ref.own_data("fallback")
+    assert report["data"]["fallback"]["seed"] == trained.HELD_OUT["fallback"][0] != trained.HELD_OUT["parity"][0]
+    assert s["fp32"] == pytest.approx(accuracy(ort_outputs(export_dir_model(int8_model), fallback_set),
+                                               fallback_set.labels))
+    assert s["int8"] == pytest.approx(accuracy(ort_outputs(int8_model, fallback_set), fallback_set.labels))
+
+
+def export_dir_model(artifact: Path) -> Path:
+    return artifact.with_name("model.onnx")
 
 
 def test_fallback_algorithm_removes_the_most_harmful_groups_first():
@@ -320,13 +328,14 @@ def test_fallback_algorithm_removes_the_most_harmful_groups_first():
 @pytest.mark.parametrize("metric", ["accuracy", "agreement"])
 def test_int8_fallback_restores_a_poorly_calibrated_model(metric, ref, export_dir, tmp_path):
     """Ranges from two 3-word sentences clip real activations: the fully quantized model loses
-    accuracy; the fallback measures each layer group and leaves the most harmful in float."""
+    accuracy; the fallback measures each layer group (on its own held-out set, not parity's) and
+    leaves the most harmful in float."""
     poor = Dataset([trained.encode(ref.tokenizer, ["d0 b d0", "d1 b d1"])], source="two short sentences")
-    evaluation = ref.eval_dataset if metric == "accuracy" else \
-        Dataset(ref.eval_dataset.batches, labels=None, source="held-out set, labels dropped")
+    scoring = ref.own_data("fallback") if metric == "accuracy" else \
+        Dataset(ref.own_data("fallback").batches, labels=None, source="held-out set, labels dropped")
     out = quantize_int8(export_dir / "model.onnx", tmp_path / "model.int8.onnx", poor, ref=ref,
-                        eval_dataset=evaluation, options=Int8Options(max_accuracy_loss=0.01))
-    from debertrt.compiler.artifacts import read_json
+                        fallback_dataset=scoring, options=Int8Options(max_accuracy_loss=0.01)).path
+    from debertrt.core.artifacts import read_json
 
     report = read_json(report_paths(out)[0])
     f, s = report["fallback"], report["summary"]
@@ -352,8 +361,8 @@ def test_int8_fallback_restores_a_poorly_calibrated_model(metric, ref, export_di
 @pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
 def test_int8_calibration_methods(method, ref, export_dir, calib, tmp_path):
     out = quantize_int8(export_dir / "model.onnx", tmp_path / "model.int8.onnx", calib, method, ref=ref,
-                        options=Int8Options(max_accuracy_loss=None))
-    from debertrt.compiler.artifacts import read_json
+                        options=Int8Options(max_accuracy_loss=None)).path
+    from debertrt.core.artifacts import read_json
 
     s = read_json(report_paths(out)[0])["summary"]
     print(f"{method}: accuracy fp32 {s['fp32']:.4f}, int8 {s['int8']:.4f}")
@@ -367,45 +376,43 @@ def test_int8_calibration_methods(method, ref, export_dir, calib, tmp_path):
 
 @pytest.fixture(scope="session")
 def plugin_model(export_dir):
-    try:
-        from debertrt.compiler.rewrite import rewrite
-    except ImportError as exc:
-        pytest.skip(f"compiler.rewrite is not available yet: {exc}")
-    return rewrite(export_dir / "model.onnx")
+    from debertrt.compiler.rewrite import rewrite
+
+    return rewrite(export_dir / "model.onnx").path
 
 
 def test_plugin_graph_gets_the_same_qdq_and_none_on_the_plugin(plugin_model, int8_model, calib, ref, tmp_path):
     out = quantize_int8(plugin_model, tmp_path / "model.plugin.int8.onnx", calib, ref=ref,
-                        options=Int8Options(max_accuracy_loss=None))
+                        options=Int8Options(max_accuracy_loss=None)).path
     model = onnx.load(str(out))
     plugins = [n for n in model.graph.node if n.op_type == "DisentangledAttention"]
     assert len(plugins) == ref.config.num_hidden_layers
     quantized = assert_qdq_placement(model)
     plain = assert_qdq_placement(onnx.load(str(int8_model)))
     assert len(quantized) == len(plain) or len(quantized) >= len(plain), "same weight MatMuls quantized"
-    producer, consumer = G.producers(model.graph), G.consumers(model.graph)
+    producer, consumer = ox.producers(model.graph), ox.consumers(model.graph)
     for node in plugins:
         for name in node.input:
             up = producer.get(name)
             assert up is None or up.op_type not in ("QuantizeLinear", "DequantizeLinear")
         for user in consumer[node.output[0]]:
             assert user.op_type not in ("QuantizeLinear", "DequantizeLinear")
-    got = ort_outputs(out, ref.eval_dataset)
-    acc = accuracy(got, ref.eval_dataset.labels)
+    got = ort_outputs(out, ref.own_data("parity"))
+    acc = accuracy(got, ref.own_data("parity").labels)
     print(f"plugin int8 accuracy {acc:.4f}")
     assert acc >= 0.95
 
 
 def test_plugin_graph_fp16_keeps_the_plugin_in_the_fp32_score_island(plugin_model, calib, ref, tmp_path,
                                                                      torch_outputs):
-    out = to_fp16(plugin_model, tmp_path / "model.plugin.fp16.onnx", calib, ref=ref)
+    out = to_fp16(plugin_model, tmp_path / "model.plugin.fp16.onnx", calib, ref=ref).path
     model = onnx.load(str(out))
     types = types_of(model)
     plugins = [n for n in model.graph.node if n.op_type == "DisentangledAttention"]
     assert plugins and all(types[n.output[0]] == FLOAT and types[n.input[0]] == FLOAT for n in plugins)
     producer = produced_by(model)
     assert all(producer[n.input[0]].op_type == "Cast" for n in plugins), "fp16 scores are cast up exactly"
-    got = ort_outputs(out, ref.eval_dataset)
+    got = ort_outputs(out, ref.own_data("parity"))
     err = max(float(np.abs(g["logits"] - t["logits"]).max()) for g, t in zip(got, torch_outputs))
     print(f"plugin fp16 vs PyTorch fp32: max abs {err:.4g}")
     assert err <= 1e-2
@@ -419,11 +426,11 @@ def test_empty_or_malformed_calibration_data_is_refused(ref, export_dir, tmp_pat
     empty = tmp_path / "empty.txt"
     empty.write_text("\n   \n")
     with pytest.raises(DebertrtError, match="no examples"):
-        calibration_dataset(ref, empty)
+        text_dataset(ref, empty)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "d1 b d2"}\n{"text": oops}\n')
     with pytest.raises(DebertrtError, match="not valid JSON"):
-        calibration_dataset(ref, bad)
+        text_dataset(ref, bad)
     ids = np.array([[1, 5, 6]])
     cases = {
         "empty": Dataset([]),
@@ -447,8 +454,8 @@ def overflowing_dir(export_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("overflow")
     shutil.copy(export_dir / "manifest.json", out / "manifest.json")
     model = onnx.load(str(export_dir / "model.onnx"))
-    inits = G.initializer_map(model.graph)
-    consumer = G.consumers(model.graph)
+    inits = ox.initializer_map(model.graph)
+    consumer = ox.consumers(model.graph)
     name = next(i.name for i in model.graph.initializer if len(i.dims) == 2 and
                 any(c.op_type == "MatMul" for c in consumer.get(i.name, [])))
     arr = np.sign(numpy_helper.to_array(inits[name])) * np.float32(3e38)   # finite weights, inf sums
@@ -489,7 +496,7 @@ def test_cli_calibrate_errors_exit_nonzero_without_partial_files(overflowing_dir
 
 
 def test_cli_calibrate_then_parity_with_the_task_metric(export_dir, calib_file, tmp_path, capsys):
-    from debertrt.compiler.artifacts import read_json
+    from debertrt.core.artifacts import read_json
     from debertrt.compiler.cli import main
 
     work = tmp_path / "run"

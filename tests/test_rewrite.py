@@ -12,15 +12,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from debertrt.compiler.artifacts import read_json
+from debertrt.core.artifacts import read_json
 from debertrt.compiler.cli import main
-from debertrt.compiler.compare import output_errors
-from debertrt.compiler.errors import DebertrtError
-from debertrt.compiler.inputs import random_batch
-from debertrt.compiler.models import PRESETS, TASKS, load_model, preset_config
-from debertrt.compiler.patterns import node_scopes
+from debertrt.core.compare import output_errors
+from debertrt.core.errors import DebertrtError
+from debertrt.core.data import random_batch
+from debertrt.core.models import PRESETS, TASKS, load_model, preset_config
+from debertrt.core.onnx_utils import node_scopes
 from debertrt.compiler.rewrite import ModelFacts, relative_position_table, rewrite
-from debertrt.compiler.runners import OnnxRuntimeRunner, TorchRunner
+from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 from debertrt.plugins import spec
 from debertrt.plugins.ort import ort_session
 from debertrt.plugins.reference import delta_index, disentangled_attention
@@ -83,7 +83,7 @@ def compare(ref, onnx_path, plugin_path, sequences, seed=0):
 def test_rewrite_matches_onnx_and_pytorch(exported, tmp_path, preset, task, exporter):
     onnx_path = exported(preset, task, exporter)
     ref = load_model(preset, task)
-    out = rewrite(onnx_path, tmp_path / "model.plugin.onnx")
+    out = rewrite(onnx_path, tmp_path / "model.plugin.onnx").path
     assert out == tmp_path / "model.plugin.onnx"
     check_plugin_graph(out, ref)
 
@@ -177,7 +177,7 @@ VARIANTS = [
 def test_other_configs_rewrite_and_match(exported, tmp_path, preset, overrides, exporter):
     onnx_path = exported(preset, "base", exporter, overrides)
     ref = load_model(preset, "base", config_overrides=overrides)
-    out = rewrite(onnx_path, tmp_path / "model.plugin.onnx")
+    out = rewrite(onnx_path, tmp_path / "model.plugin.onnx").path
     check_plugin_graph(out, ref)
     report = read_json(tmp_path / "model.plugin.rewrite.json")
     kinds = list(ref.config.pos_att_type)
@@ -280,7 +280,7 @@ def test_a_model_without_manifest_is_refused(exported, tmp_path):
 def test_rolling_the_rel_table_changes_the_outputs(exported, tmp_path, preset):
     onnx_path = exported(preset, "base", "torchscript")
     ref = load_model(preset, "base")
-    plugin = onnx.load(str(rewrite(onnx_path, tmp_path / "model.plugin.onnx")))
+    plugin = onnx.load(str(rewrite(onnx_path, tmp_path / "model.plugin.onnx").path))
     for init in plugin.graph.initializer:
         if init.name.startswith("debertrt.rel_table"):
             init.CopyFrom(numpy_helper.from_array(np.roll(numpy_helper.to_array(init), 3), init.name))
@@ -369,7 +369,7 @@ def test_external_data_in_external_data_out(tmp_path):
 
     ref = load_model("tiny-deberta-v2", "masked-lm")
     onnx_path = export(ref, tmp_path, ExportOptions(exporter="torchscript", external_data=True, validate=False))
-    out = rewrite(onnx_path)
+    out = rewrite(onnx_path).path
     assert out == tmp_path / "model.plugin.onnx"
     data = tmp_path / "model.plugin.onnx.data"
     assert data.is_file() and out.stat().st_size < data.stat().st_size

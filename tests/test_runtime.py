@@ -9,14 +9,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from debertrt.compiler.engine import FLAVOURS, EngineOptions, build_engine
-from debertrt.compiler.errors import DebertrtError
-from debertrt.compiler.inputs import Dataset, random_batch
-from debertrt.compiler.models import load_model
-from debertrt.compiler.parity import artifact_precision, check_artifact, open_runner, render_markdown
-from debertrt.compiler.runners import OnnxRuntimeRunner
+from debertrt.compiler.engine import EngineOptions, build_engine
+from debertrt.runtime.tensorrt import FLAVOURS
+from debertrt.core.errors import DebertrtError
+from debertrt.core.data import Dataset, random_batch
+from debertrt.core.models import load_model
+from debertrt.compiler.parity import artifact_precision, check_artifact
+from debertrt.compiler.parity_report import render_markdown
+from debertrt.runtime.runners import OnnxRuntimeRunner, TensorRTRunner, open_runner
 from debertrt.plugins import spec
-from debertrt.runtime import Engine, EngineMetadata, TensorRTRunner, unavailable_reason
+from debertrt.runtime.engine import Engine, unavailable_reason
+from debertrt.runtime.engine_json import EngineMetadata
 from debertrt.runtime import engine as runtime_module
 
 HAS_RTX = FLAVOURS["tensorrt-rtx"].available()
@@ -110,14 +113,14 @@ def test_parity_reports_the_engine_as_not_run_with_the_reason(built):
     ref = load_model(PRESET, TASK)
     plan = built.engine / "engine.plan"
     assert artifact_precision(plan) == "fp32"
-    runner = open_runner(plan, ref)
+    runner = open_runner(plan, ref.max_sequence)
     assert isinstance(runner, TensorRTRunner) and runner.runtime.startswith("tensorrt-rtx-")
     dataset = Dataset([feed(2, 16)])
-    entry = check_artifact(ref, plan, dataset, reference_outputs=[])
-    assert entry["status"] == "not run" and entry["reason"] == "no CUDA GPU" and entry["passed"] is None
+    entry = check_artifact(ref, plan, dataset, reference=[])
+    assert entry["status"] == "not run" and entry["reason"] == "no CUDA GPU" and entry["verdict"] == "not judged"
     assert entry["precision"] == "fp32" and entry["runtime"] == runner.runtime
-    result = {"model": PRESET, "task": TASK, "data": {"source": "random", "examples": 2, "batches": 1},
-              "passed": False, "artifacts": [entry]}
+    result = {"model": PRESET, "task": TASK, "data": dataset.describe(), "verdict": "not judged",
+              "counts": {"not judged": 1}, "artifacts": [entry]}
     assert "not run: no CUDA GPU" in render_markdown(result)
 
 

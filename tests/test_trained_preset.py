@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from debertrt.calibration import trained
-from debertrt.compiler.errors import DebertrtError
+from debertrt.core import trained
+from debertrt.core.errors import DebertrtError
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,9 @@ def test_label_depends_on_relative_position_only():
 
 
 def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(trained.CACHE_ENV, str(tmp_path))
+    from debertrt.core.artifacts import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     path = trained.checkpoint_dir()
     assert path.parent == tmp_path and path.name.startswith(trained.NAME + "-")
     assert trained.recipe_hash() in path.name
@@ -66,12 +68,17 @@ def test_trained_model_is_cached_accurate_and_carries_its_eval_set(trained_ref):
     assert ref.name == trained.NAME and ref.task == "sequence-classification"
     assert ref.version == "v3" and ref.config.hidden_size == 64 and ref.config.num_hidden_layers == 2
 
-    data = ref.eval_dataset
+    data = ref.own_data("parity")
     assert data is not None and data.labels is not None and len(data) == trained.RECIPE["eval"]["examples"]
+    held_out = {purpose: ref.own_data(purpose) for purpose in ("calibration", "fallback")}
+    texts = {p: {tuple(r[m == 1]) for b in d.batches for r, m in zip(b["input_ids"], b["attention_mask"])}
+             for p, d in [("parity", data), *held_out.items()]}
+    assert not texts["parity"] & texts["fallback"] and not texts["parity"] & texts["calibration"], \
+        "the purposes' held-out sets must not share examples"
     assert any((b["attention_mask"] == 0).any() for b in data.batches), "the eval set should have padding"
 
-    from debertrt.compiler.compare import accuracy
-    from debertrt.compiler.runners import TorchRunner
+    from debertrt.core.compare import accuracy
+    from debertrt.runtime.runners import TorchRunner
 
     with TorchRunner(ref) as runner:
         outputs = [runner.infer(b) for b in data.batches]
@@ -90,7 +97,7 @@ def test_trained_model_is_cached_accurate_and_carries_its_eval_set(trained_ref):
 
 
 def test_data_files_go_through_the_preset_tokenizer(trained_ref, tmp_path):
-    from debertrt.compiler.inputs import text_dataset
+    from debertrt.core.data import text_dataset
 
     path = trained.write_examples(tmp_path / "calib.jsonl", 40, seed=3)
     data = text_dataset(trained_ref, path, batch_size=16)
@@ -102,11 +109,11 @@ def test_data_files_go_through_the_preset_tokenizer(trained_ref, tmp_path):
 
 
 def test_preset_is_registered_with_load_model():
-    """``compiler.models.EXTRA_PRESETS`` maps the name to ``debertrt.calibration.trained:load``."""
-    from debertrt.compiler.models import EXTRA_PRESETS, load_model
+    """``compiler.models.EXTRA_PRESETS`` maps the name to ``debertrt.core.trained:load``."""
+    from debertrt.core.models import EXTRA_PRESETS, load_model
 
-    assert EXTRA_PRESETS.get(trained.NAME) == "debertrt.calibration.trained:load"
+    assert EXTRA_PRESETS.get(trained.NAME) == "debertrt.core.trained:load"
     ref = load_model(trained.NAME, "sequence-classification")
-    assert ref.name == trained.NAME and ref.eval_dataset is not None
+    assert ref.name == trained.NAME and ref.own_data is not None
     with pytest.raises(DebertrtError):
         load_model(trained.NAME, "question-answering")

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from debertrt.compiler.artifacts import sha256, write_json
+from debertrt.core.artifacts import sha256, write_json
 from debertrt.compiler.cli import main
-from debertrt.compiler.engine import ENGINE_FORMAT, FLAVOURS, EngineOptions, build_engine
-from debertrt.compiler.errors import DebertrtError
+from debertrt.compiler.engine import EngineOptions, build_engine
+from debertrt.runtime.engine_json import ENGINE_FORMAT
+from debertrt.runtime.tensorrt import FLAVOURS
+from debertrt.core.errors import DebertrtError
 from debertrt.compiler import triton as triton_module
 from debertrt.compiler.triton import STATIC_PLUGIN_LIBRARY, export_triton, render_config
 from debertrt.plugins import spec

@@ -10,8 +10,28 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+CACHE_ENV = "DEBERTRT_CACHE"
+
+
+def cache_root() -> Path:
+    """Where debertrt keeps what it can rebuild (trained presets, built plugin libraries, benchmark
+    exports): ``$DEBERTRT_CACHE``, else ``$XDG_CACHE_HOME/debertrt``, else ``~/.cache/debertrt``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "debertrt"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage wrote: its artifact, its JSON report (if any) and the summary a person reads first."""
+
+    path: Path
+    report: Path | None = None
+    summary: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager

@@ -20,12 +20,13 @@ Training uses label smoothing (0.1): the logits stay moderate (|logit| < 3), as 
 real fine-tuned classifier, instead of growing without bound on a separable task.
 Training is deterministic (seeded, deterministic algorithms, one thread) and takes about
 a minute on two cores; the result is cached as a ``save_pretrained`` directory (with a
-word-level tokenizer) under ``$DEBERTRT_CACHE`` (default ``~/.cache/debertrt``) in a folder
+word-level tokenizer) under ``artifacts.cache_root()`` in a folder
 named by a hash of the recipe and the torch/transformers versions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from debertrt.compiler.errors import DebertrtError
+from .artifacts import cache_root
+from .errors import DebertrtError
 
 NAME = "tiny-deberta-v3-trained"
 TASK = "sequence-classification"
-CACHE_ENV = "DEBERTRT_CACHE"
 
 SPECIAL = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
 MARKER = "b"
@@ -59,10 +60,6 @@ RECIPE = {
               "label_smoothing": 0.1},
     "eval": {"seed": 12345, "examples": 512, "batch_size": 32},
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "debertrt")
 
 
 def recipe_hash() -> str:
@@ -109,7 +106,7 @@ def label_of(text: str) -> int:
 
 def write_examples(path: str | os.PathLike, count: int, seed: int) -> Path:
     """A JSONL data file (``{"text", "label"}`` per line) of the synthetic task."""
-    from debertrt.compiler.artifacts import write_text
+    from .artifacts import write_text
 
     texts, labels = make_examples(count, seed)
     lines = [json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels)]
@@ -137,23 +134,29 @@ def encode(tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
             "attention_mask": np.asarray(enc["attention_mask"], np.int64)}
 
 
-def eval_dataset(tokenizer):
-    """The held-out synthetic set (labels known), batched like ``compiler.inputs.Dataset``."""
-    from debertrt.compiler.inputs import Dataset
+# Held-out sets per purpose: (seed, examples). Parity uses the recipe's evaluation set; the
+# int8 calibration and fallback sets are drawn with other seeds, so the three never coincide.
+HELD_OUT = {"parity": (RECIPE["eval"]["seed"], RECIPE["eval"]["examples"]), "fallback": (23456, 256),
+            "calibration": (99, 128)}
 
-    spec = RECIPE["eval"]
-    texts, labels = make_examples(spec["examples"], spec["seed"])
-    size = spec["batch_size"]
+
+def held_out(tokenizer, purpose: str = "parity"):
+    """A labelled synthetic set for ``purpose``, batched like ``core.data.Dataset``."""
+    from .data import Dataset
+
+    seed, count = HELD_OUT[purpose]
+    texts, labels = make_examples(count, seed)
+    size = RECIPE["eval"]["batch_size"]
     batches = [encode(tokenizer, texts[s:s + size]) for s in range(0, len(texts), size)]
     label_batches = [np.asarray(labels[s:s + size], np.int64) for s in range(0, len(texts), size)]
-    return Dataset(batches, label_batches, source=f"{NAME} held-out synthetic set",
-                   extra={"seed": spec["seed"], "task": "marker order / distance (3 classes)"})
+    return Dataset(batches, label_batches, source=f"{NAME} held-out synthetic set ({purpose})",
+                   extra={"seed": seed, "task": "digit sum near the marker (3 classes)"})
 
 
 # --------------------------------------------------------------------------- training
 
 def config():
-    from debertrt.compiler.models import preset_config
+    from .models import preset_config
 
     return preset_config("tiny-deberta-v3", **RECIPE["config"])
 
@@ -195,7 +198,7 @@ def train(out_dir: Path) -> dict:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     model.eval()
-    accuracy = _accuracy(model, eval_dataset(tokenizer))
+    accuracy = _accuracy(model, held_out(tokenizer))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     info = {"recipe": RECIPE, "recipe_hash": recipe_hash(), "final_loss": round(loss.item(), 5),
@@ -239,7 +242,7 @@ def ensure_checkpoint() -> Path:
 
 def load(task: str):
     """The preset's ``ReferenceModel`` (``compiler.models.EXTRA_PRESETS`` entry point)."""
-    from debertrt.compiler.models import ReferenceModel, check_task
+    from .models import ReferenceModel, check_task
 
     check_task(task)
     if task != TASK:
@@ -255,4 +258,4 @@ def load(task: str):
         raise DebertrtError(f"cannot load the cached {NAME} from {path} ({exc}); delete that folder to retrain") from exc
     module = module.eval().float()
     return ReferenceModel(NAME, task, module.config, module, tokenizer=tokenizer,
-                          eval_dataset=eval_dataset(tokenizer))
+                          own_data=functools.lru_cache(maxsize=None)(lambda purpose: held_out(tokenizer, purpose)))

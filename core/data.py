@@ -18,6 +18,10 @@ from .errors import DebertrtError
 from .models import ReferenceModel
 
 DATA_SUFFIXES = (".txt", ".jsonl", ".csv")
+# Random token batches: how many, how large, how long (unless a run says otherwise).
+DEFAULT_BATCHES = 4
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_RANDOM_LENGTH = 128
 
 
 @dataclass
@@ -31,6 +35,18 @@ class Dataset:
 
     def __len__(self) -> int:
         return sum(len(b["input_ids"]) for b in self.batches)
+
+    def describe(self) -> dict:
+        """What a report says of this data: its source, size, and which examples (seed or indices)."""
+        return {"source": self.source, "examples": len(self), "batches": len(self.batches),
+                "labels": self.labels is not None, **self.extra}
+
+
+# Each run draws disjoint example sets, one per purpose: int8 calibration, the int8 fallback's
+# scoring, and parity. Random sets differ by seed; a data file is split (shares below).
+PURPOSES = ("calibration", "fallback", "parity")
+RANDOM_SEEDS = {"parity": 0, "calibration": 1, "fallback": 2}
+FILE_SHARES = {"calibration": 2, "fallback": 1, "parity": 1}
 
 
 def check_sequence(ref: ReferenceModel, sequence: int) -> None:
@@ -148,14 +164,52 @@ def read_examples(path: str | os.PathLike) -> tuple[list, list | None]:
     return texts, labels
 
 
+def split_examples(count: int, purposes, seed: int = 0) -> dict[str, list[int]]:
+    """Disjoint example indices per purpose (``FILE_SHARES`` of a seeded permutation), each sorted."""
+    purposes = list(purposes)
+    if count < len(purposes):
+        raise DebertrtError(f"the data has {count} example(s): disjoint {', '.join(purposes)} sets need at least "
+                            f"{len(purposes)}; add examples (or give the evaluation set separately)")
+    order = np.random.default_rng(seed).permutation(count)
+    shares = np.array([FILE_SHARES[p] for p in purposes], dtype=float)
+    cuts = np.floor(np.cumsum(shares) / shares.sum() * count).astype(int)
+    cuts = np.maximum(cuts, np.arange(1, len(purposes) + 1))  # every set gets at least one example
+    starts = np.concatenate([[0], cuts[:-1]])
+    return {p: sorted(int(i) for i in order[a:b]) for p, a, b in zip(purposes, starts, cuts)}
+
+
+def datasets_for(ref: ReferenceModel, purposes, data: str | os.PathLike | None = None, *,
+                 batches: int = DEFAULT_BATCHES, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_length: int | None = None) -> dict[str, Dataset]:
+    """One disjoint example set per purpose: a data file split by ``split_examples``, else the
+    preset's own held-out sets, else random token batches with a seed per purpose."""
+    purposes = list(purposes)
+    if data is not None:
+        count = len(read_examples(data)[0])
+        parts = split_examples(count, purposes) if len(purposes) > 1 else {purposes[0]: list(range(count))}
+        return {p: text_dataset(ref, data, batch_size=batch_size, max_length=max_length, indices=parts[p])
+                for p in purposes}
+    if ref.own_data is not None:
+        return {p: ref.own_data(p) for p in purposes}
+    sequence = max_length or min(DEFAULT_RANDOM_LENGTH, ref.max_sequence)  # an explicit length is checked, not clipped
+    return {p: random_dataset(ref, batches=batches, batch_size=batch_size, max_sequence=sequence,
+                              seed=RANDOM_SEEDS[p]) for p in purposes}
+
+
 def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int = 8,
-                 max_length: int | None = None) -> Dataset:
-    """Examples from a data file, tokenized with the checkpoint's tokenizer."""
+                 max_length: int | None = None, indices: list[int] | None = None) -> Dataset:
+    """Examples from a data file (those at ``indices``, 0-based, or all), tokenized with the
+    checkpoint's tokenizer."""
     if ref.tokenizer is None:
         raise DebertrtError(
             f"{ref.name} has no tokenizer: text data needs a checkpoint directory with tokenizer files "
             f"(or leave out --data to use random token batches)")
     texts, labels = read_examples(path)
+    extra = {}
+    if indices is not None:
+        texts = [texts[i] for i in indices]
+        labels = [labels[i] for i in indices] if labels is not None else None
+        extra["example_numbers"] = [i + 1 for i in indices]  # 1-based, in file order
     max_length = min(max_length or ref.max_sequence, ref.max_sequence)
     batches, label_batches = [], []
     for start in range(0, len(texts), batch_size):
@@ -171,4 +225,4 @@ def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int =
         batches.append(batch)
         if labels is not None:
             label_batches.append(np.asarray(labels[start:start + batch_size], dtype=np.int64))
-    return Dataset(batches, label_batches if labels is not None else None, source=str(path))
+    return Dataset(batches, label_batches if labels is not None else None, source=str(path), extra=extra)

@@ -71,8 +71,9 @@ class ReferenceModel:
     config: object                 # transformers PretrainedConfig
     module: object                 # torch.nn.Module
     tokenizer: object | None = None
-    # a preset's own evaluation data (``inputs.Dataset``), used by parity when no --data is given
-    eval_dataset: object | None = None
+    # a preset's own held-out examples: purpose ("calibration", "fallback", "parity") -> ``data.Dataset``,
+    # disjoint sets used when no data file is given
+    own_data: object | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -93,6 +94,26 @@ class ReferenceModel:
     def config_hash(self) -> str:
         return config_hash(self.config)
 
+    def forward_module(self):
+        """The model as a module taking the inputs positionally (``input_names`` order) and returning
+        the outputs as a tuple (``output_names`` order): what the exporters trace and runners call."""
+        import torch
+
+        class PositionalForward(torch.nn.Module):
+            def __init__(self, model, output_names):
+                super().__init__()
+                self.model = model
+                self.output_names = output_names
+
+            def forward(self, input_ids, attention_mask, token_type_ids=None):
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids, return_dict=True)
+                return tuple(out[name] for name in self.output_names)
+
+        # eval() on the wrapper too: the torchscript exporter restores the *wrapper's* training
+        # flag on every child afterwards, which would silently switch dropout back on.
+        return PositionalForward(self.module, self.output_names).eval()
+
 
 def input_names(config) -> tuple[str, ...]:
     names = ("input_ids", "attention_mask")
@@ -101,9 +122,13 @@ def input_names(config) -> tuple[str, ...]:
 
 def model_version(config) -> str:
     """'v1' for DeBERTa, 'v3' for v2-architecture models with log buckets, else 'v2'."""
-    if config.model_type == "deberta":
+    return version_of(config.model_type, getattr(config, "position_buckets", -1))
+
+
+def version_of(model_type: str, position_buckets: int) -> str:
+    if model_type == "deberta":
         return "v1"
-    return "v3" if getattr(config, "position_buckets", -1) > 0 else "v2"
+    return "v3" if position_buckets > 0 else "v2"
 
 
 def config_hash(config) -> str:
@@ -160,7 +185,7 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
 # Presets that need more than a config: "module:function" taking the task, returning a
 # ReferenceModel (imported only when asked for).
 EXTRA_PRESETS: dict[str, str] = {
-    "tiny-deberta-v3-trained": "debertrt.calibration.trained:load",
+    "tiny-deberta-v3-trained": "debertrt.core.trained:load",
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from debertrt.compiler.artifacts import write_json
+from debertrt.core.artifacts import write_json
 
 SHAPES = ((1, 128), (1, 384), (8, 128), (8, 384))
 VARIANTS = ("fp32", "int8 (ours, QDQ)", "int8 (ORT quantize_dynamic)")
@@ -26,7 +26,7 @@ BASE_CONFIG = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12
 
 
 def _cache_dir(name: str) -> Path:
-    from .trained import cache_root
+    from debertrt.core.artifacts import cache_root
 
     path = cache_root() / "bench" / name
     path.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,7 @@ def _cache_dir(name: str) -> Path:
 
 def _export_cached(ref, out_dir: Path) -> Path:
     """``out_dir/model.onnx`` for ``ref``, reused when the manifest names the same config."""
-    from debertrt.compiler.artifacts import read_json
+    from debertrt.core.artifacts import read_json
     from debertrt.compiler.export import ExportOptions, export
 
     path = out_dir / "model.onnx"
@@ -48,7 +48,7 @@ def _export_cached(ref, out_dir: Path) -> Path:
 
 
 def base_model():
-    from debertrt.compiler.models import ReferenceModel, build_from_config, preset_config
+    from debertrt.core.models import ReferenceModel, build_from_config, preset_config
 
     config = preset_config("tiny-deberta-v3", **BASE_CONFIG)
     return ReferenceModel("deberta-v3-base-random", "sequence-classification", config,
@@ -59,8 +59,8 @@ def prepare(ref, name: str, fallback: bool, log=print) -> dict[str, Path]:
     """The three graphs of one model (cached by config)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .data import calibration_dataset
-    from .int8 import Int8Options, quantize_int8
+    from debertrt.calibration.data import calibration_dataset
+    from debertrt.calibration.int8 import Int8Options, quantize_int8
 
     out = _cache_dir(f"{name}-{ref.config_hash()}")
     fp32 = _export_cached(ref, out)
@@ -68,7 +68,7 @@ def prepare(ref, name: str, fallback: bool, log=print) -> dict[str, Path]:
     if not ours.is_file() or ours.stat().st_mtime < fp32.stat().st_mtime:
         log(f"  quantizing {name} (ours)...")
         if ref.tokenizer is not None and name.startswith("tiny-deberta-v3-trained"):
-            from .trained import write_examples  # calibrate on the task's own distribution
+            from debertrt.core.trained import write_examples  # calibrate on the task's own distribution
 
             data = calibration_dataset(ref, write_examples(out / "calib.jsonl", 128, seed=99), batch_size=16)
         else:
@@ -126,7 +126,7 @@ def task_accuracy(session, dataset) -> float:
 
 def run(base: bool = False, shapes=SHAPES, warmup: int = 2, repeat: int = 10, base_repeat: int = 3,
         threads: int | None = None, log=print) -> dict:
-    from .trained import load
+    from debertrt.core.trained import load
 
     models = [("tiny-deberta-v3-trained", load("sequence-classification"), True)]
     if base:
@@ -200,6 +200,6 @@ def _cpu_name() -> str:
 
 
 def _versions() -> dict:
-    from debertrt.compiler.artifacts import versions
+    from debertrt.core.artifacts import versions
 
     return versions("onnxruntime", "onnx", "torch", "transformers")

@@ -14,6 +14,11 @@ class InternalError(RuntimeError):
     """An invariant of debertrt itself failed."""
 
 
+class NotRunnable(Exception):
+    """An artifact this machine cannot run (a TensorRT engine without TensorRT or a suitable GPU);
+    reports record the reason instead of results."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: what a one-line error quotes of a library's failure."""
     text = str(exc).strip().splitlines()

@@ -1,0 +1,132 @@
+"""The int8 accuracy-driven fallback: which MatMul groups stay in float.
+
+Accuracy-driven fallback (``max_accuracy_loss``, relative): the task metric (accuracy
+when the fallback scoring data has labels, else agreement with the fp32 graph's predictions)
+is measured for fp32 and the fully quantized graph; when the loss exceeds the budget,
+each group of MatMuls (an encoder layer, or the pooler / classifier / embedding
+projections) is left in float alone to measure how much it costs, and groups are
+excluded most harmful first until the metric is within budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from debertrt.core import onnx_utils as ox
+from debertrt.core.errors import DebertrtError, first_line
+
+from . import graph as G
+from .data import feeds
+
+
+def group_nodes(model, names: list[str], granularity: str = "layer") -> dict[str, list[str]]:
+    """Fallback units in graph order: ``layer.N``, or the module (pooler, classifier, ...), or the node."""
+    if granularity == "node":
+        return {n: [n] for n in names}
+    scopes = ox.node_scopes(model)
+    nodes = {n.name: n for n in model.graph.node}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        node = nodes[name]
+        label = ox.layer_label(node, scopes)
+        if not label.startswith("layer."):
+            scope = scopes.get(name, "")
+            parts = [p for p in scope.replace("/", ".").split(".") if p and p not in ("model", "deberta")]
+            label = ".".join(parts[:2]) if parts else name
+        groups.setdefault(label, []).append(name)
+    return groups
+
+
+class Scorer:
+    """The task metric of a graph on the fallback scoring data, against the fp32 graph."""
+
+    def __init__(self, fp32_model, dataset, task: str | None, tmp: Path):
+        self.dataset = dataset
+        self.task = task
+        self.tmp = tmp
+        self.input_names = [i.name for i in fp32_model.graph.input]
+        self.feeds = feeds(dataset, self.input_names)
+        self.reference = self._run(fp32_model)
+        self.labels = dataset.labels if (dataset.labels is not None and task == "sequence-classification") else None
+        self.metric = "accuracy" if self.labels is not None else "agreement"
+        self.fp32 = self.score_outputs(self.reference)
+        self.calls = 0
+
+    def _run(self, model) -> list[dict]:
+        sess = G.session(model, self.tmp)
+        names = [o.name for o in sess.get_outputs()]
+        outs = []
+        for k, feed in enumerate(self.feeds):
+            try:
+                values = sess.run(names, feed)
+            except DebertrtError:
+                raise
+            except Exception as exc:
+                raise DebertrtError(f"fallback batch {k}: ONNX Runtime failed: {first_line(exc)}") from exc
+            outs.append({n: np.asarray(v, np.float32) for n, v in zip(names, values)})
+        return outs
+
+    def score_outputs(self, outputs: list[dict]) -> tuple[float, float]:
+        """(task metric, mean squared output error vs fp32)."""
+        from debertrt.core.compare import TaskAgreement, accuracy
+
+        err = float(np.mean([np.mean((o[n] - r[n]) ** 2) for o, r in zip(outputs, self.reference) for n in o]))
+        if self.metric == "accuracy":
+            return accuracy(self.task, outputs, self.labels)["value"], err
+        if self.task is not None:
+            agreement = TaskAgreement(self.task)
+            for feed, ref, out in zip(self.feeds, self.reference, outputs):
+                agreement.update(ref, out, feed["attention_mask"])
+            headline = agreement.headline()
+            if headline is not None:
+                return headline, err
+        # unknown task: argmax of the first output over its last axis
+        name = next(iter(outputs[0]))
+        hits = [np.mean(o[name].argmax(-1) == r[name].argmax(-1)) for o, r in zip(outputs, self.reference)]
+        return float(np.mean(hits)), err
+
+    def __call__(self, model) -> tuple[float, float]:
+        self.calls += 1
+        return self.score_outputs(self._run(model))
+
+
+def accuracy_fallback(build, groups: dict[str, list[str]], scorer: Scorer, max_loss: float | None):
+    """Quantize every group, then leave the most harmful groups in float until the metric is
+    within ``max_loss`` (relative) of fp32. Returns (model, record of what was measured)."""
+    all_nodes = [n for names in groups.values() for n in names]
+    fp32_metric = scorer.fp32[0]
+    budget = None if max_loss is None else fp32_metric * (1 - max_loss)
+    record = {"metric": scorer.metric, "fp32": fp32_metric, "budget": budget, "max_accuracy_loss": max_loss,
+              "groups": {g: len(n) for g, n in groups.items()}, "trials": [], "excluded": []}
+    model = build(all_nodes)
+    metric, err = scorer(model)
+    record["full"] = {"metric": metric, "mse": err}
+    record["trials"].append({"excluded": [], "metric": metric, "mse": err})
+    if budget is None or metric >= budget:
+        record.update(final=metric, final_mse=err, within_budget=budget is None or metric >= budget)
+        return model, record
+
+    sensitivity = {}
+    for group, names in groups.items():  # leave one group in float: what does it cost?
+        keep = [n for n in all_nodes if n not in set(names)]
+        m, e = scorer(build(keep))
+        sensitivity[group] = {"metric_without": m, "mse_without": e}
+        record["trials"].append({"excluded": [group], "metric": m, "mse": e})
+    record["sensitivity"] = sensitivity
+    order = sorted(groups, key=lambda g: (-sensitivity[g]["metric_without"], sensitivity[g]["mse_without"]))
+    excluded: list[str] = []
+    for group in order:
+        excluded.append(group)
+        keep = [n for g, names in groups.items() if g not in excluded for n in names]
+        model = build(keep)
+        if len(excluded) == 1:  # measured above already
+            metric, err = sensitivity[group]["metric_without"], sensitivity[group]["mse_without"]
+        else:
+            metric, err = scorer(model)
+            record["trials"].append({"excluded": list(excluded), "metric": metric, "mse": err})
+        if metric >= budget:
+            break
+    record.update(excluded=excluded, final=metric, final_mse=err, within_budget=metric >= budget)
+    return model, record

@@ -1,0 +1,31 @@
+"""The one logger: progress and notes go through ``logging.getLogger("debertrt")``; the CLI's
+``-v``/``-q`` set its level. Results a command prints (summaries, paths) are its output, not logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+logger = logging.getLogger("debertrt")
+
+LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
+_verbosity = 0
+
+
+def configure(verbosity: int = 0) -> None:
+    """Log to stderr at WARNING (-q), INFO (default) or DEBUG (-v); idempotent."""
+    global _verbosity
+    _verbosity = max(-1, min(1, verbosity))
+    level = LEVELS[_verbosity]
+    logger.setLevel(level)
+    if not any(getattr(h, "_debertrt", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._debertrt = True
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def quiet() -> bool:
+    """True after ``configure(-1)``: progress bars stay off too."""
+    return _verbosity < 0
