@@ -104,6 +104,16 @@ def find_nvcc() -> str | None:
     return None
 
 
+def find_cuda_include_dir() -> Path | None:
+    """The CUDA toolkit's include directory (``cuda_runtime_api.h``): beside nvcc, under
+    ``$CUDA_HOME``/``$CUDA_PATH`` or /usr/local/cuda."""
+    nvcc = find_nvcc()
+    candidates = [Path(nvcc).resolve().parent.parent / "include"] if nvcc else []
+    candidates += [Path(os.environ[v]) / "include" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    candidates.append(Path("/usr/local/cuda/include"))
+    return next((p for p in candidates if (p / "cuda_runtime_api.h").is_file()), None)
+
+
 def find_cmake() -> str | None:
     return shutil.which("cmake")
 

@@ -61,14 +61,6 @@ def _require_trt_headers() -> Path:
     return include
 
 
-def _cuda_include_dir() -> Path | None:
-    nvcc = cuda_kernel.find_nvcc()
-    candidates = [Path(nvcc).resolve().parent.parent / "include"] if nvcc else []
-    candidates += [Path(os.environ[v]) / "include" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
-    candidates.append(Path("/usr/local/cuda/include"))
-    return next((p for p in candidates if (p / "cuda_runtime_api.h").is_file()), None)
-
-
 def _nm(path: Path, *flags: str) -> str:
     if shutil.which("nm") is None:
         pytest.skip("nm (binutils) not found")
@@ -85,7 +77,7 @@ def fake_trt_root(tmp_path_factory) -> Path | None:
     root = tmp_path_factory.mktemp("tensorrt")
     (root / "include").symlink_to(include, target_is_directory=True)
     (root / "lib").mkdir()
-    cuda_include = _cuda_include_dir()
+    cuda_include = cuda_kernel.find_cuda_include_dir()
     if cuda_include is not None and shutil.which("g++") is not None:
         stub = PLUGIN_DIR / "testing" / "nvinfer_stub.cpp"
         proc = subprocess.run(["g++", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",

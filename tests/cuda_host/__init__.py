@@ -1,0 +1,1 @@
+"""CUDA on host threads: compile CUDA sources for the CPU and run them under sanitizers."""
