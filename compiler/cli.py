@@ -16,6 +16,8 @@ from debertrt.core import log
 from debertrt.core.data import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, DEFAULT_RANDOM_LENGTH
 from debertrt.core.errors import DebertrtError
 
+from . import commands
+
 DEFAULT_MODEL = "tiny-deberta-v3"
 DEFAULT_TASK = "sequence-classification"
 DEFAULT_OUT = "debertrt-out"
@@ -141,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _export_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.set_defaults(run=_cmd_export)
+    p.set_defaults(run=commands.export)
 
     p = sub.add_parser("rewrite", help="DIR/model.onnx -> DIR/model.plugin.onnx (one DisentangledAttention node per layer)")
     p.add_argument("onnx", type=Path, help="a model.onnx written by 'debertrt export' (its manifest.json gives the config)")
     p.add_argument("--out", type=Path, default=None, help="output path (default: DIR/model.plugin.onnx)")
-    p.set_defaults(run=_cmd_rewrite)
+    p.set_defaults(run=commands.rewrite)
 
     p = sub.add_parser("calibrate", help="DIR/model.onnx -> DIR/model.fp16.onnx or DIR/model.int8.onnx "
                                          "(precision lives in the ONNX: fp32 islands / explicit Q/DQ)")
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{FP16_MAX:g})")
     p.add_argument("--out", type=Path, default=None,
                    help="output path (default: DIR/model.fp16.onnx or DIR/model.int8.onnx)")
-    p.set_defaults(run=_cmd_calibrate)
+    p.set_defaults(run=commands.calibrate)
 
     p = sub.add_parser("engine", help="an ONNX artifact -> DIR/engine.plan + engine.json (TensorRT or TensorRT-RTX)")
     p.add_argument("onnx", type=Path, help="model.onnx, model.plugin.onnx, model.fp16.onnx or model.int8.onnx")
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=_positive, default=None, metavar="MIB", help="workspace memory limit in MiB")
     p.add_argument("--compute-capability", action="append", default=None,
                    choices=RTX_COMPUTE_CAPABILITIES, help="TensorRT-RTX target (repeat; default: its portable set)")
-    p.set_defaults(run=_cmd_engine)
+    p.set_defaults(run=commands.engine)
 
     p = sub.add_parser("parity", help="check artifacts against the PyTorch fp32 reference")
     _model_args(p)
@@ -190,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance class (default: read from each artifact)")
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="report path stem: writes OUT.json, OUT.md, OUT_errors.png")
-    p.set_defaults(run=_cmd_parity)
+    p.set_defaults(run=commands.parity)
 
     p = sub.add_parser("build", help="export -> rewrite -> fp16/int8 -> engines -> parity into one directory "
                                      f"(no arguments: {DEFAULT_MODEL})")
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p, BACKEND_CHOICES, "auto")
     _int8_args(p)
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output directory (default ./{DEFAULT_OUT})")
-    p.set_defaults(run=_cmd_build)
+    p.set_defaults(run=commands.build)
 
     p = sub.add_parser("export-triton", help="a built engine -> a Triton model repository")
     p.add_argument("--engine", type=Path, required=True, help="engine directory, NAME.plan or NAME.json")
@@ -212,176 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
                         "beside the one the engine was built with)")
     p.add_argument("--instances", type=_positive, default=1, help="model instances per GPU (default 1)")
-    p.set_defaults(run=_cmd_export_triton)
+    p.set_defaults(run=commands.export_triton)
     return parser
-
-
-# ---------------------------------------------------------------------------- commands
-
-
-def _datasets(args, ref, purposes):
-    from debertrt.core.data import datasets_for
-
-    return datasets_for(ref, purposes, args.data, batches=args.batches, batch_size=args.batch_size,
-                        max_length=args.max_length)
-
-
-def _export_options(args):
-    from .export import ExportOptions
-
-    return ExportOptions(exporter=args.exporter, opset=args.opset, external_data=args.external_data)
-
-
-def _cmd_export(args) -> int:
-    from debertrt.core.models import load_model
-
-    from .export import export
-
-    path = export(load_model(args.model, args.task), args.out, _export_options(args))
-    print(f"wrote {path}")
-    return 0
-
-
-def _cmd_rewrite(args) -> int:
-    from .rewrite import rewrite
-
-    result = rewrite(args.onnx, args.out)
-    print(f"wrote {result.path} (report {result.report.name})")
-    print(result.summary["text"])
-    return 0
-
-
-def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
-    from debertrt.core.artifacts import MANIFEST, read_json
-
-    manifest = onnx_path.parent / MANIFEST
-    if not manifest.is_file():
-        return None, None
-    try:
-        inputs = read_json(manifest)["stages"]["export"]["inputs"]
-        return inputs.get("model"), inputs.get("task")
-    except (KeyError, TypeError, ValueError):
-        return None, None
-
-
-def _cmd_calibrate(args) -> int:
-    from debertrt.core.data import text_dataset
-    from debertrt.core.models import load_model
-
-    if not args.onnx.is_file():
-        raise DebertrtError(f"ONNX file {str(args.onnx)!r} not found")
-    model, task = _manifest_model(args.onnx)
-    model, task = args.model or model, args.task or task
-    if bool(model) != bool(task):
-        raise DebertrtError("give both --model and --task (the manifest beside the ONNX names only one)")
-    ref = load_model(model, task) if model else None
-    if (args.data is not None or args.fallback_data is not None) and ref is None:
-        raise DebertrtError("text data needs the model's tokenizer: pass --model and --task")
-    purposes = ["calibration"] if args.precision == "fp16" or args.fallback_data else ["calibration", "fallback"]
-    data = _datasets(args, ref, purposes) if ref is not None else {}
-    if args.fallback_data is not None:
-        data["fallback"] = text_dataset(ref, args.fallback_data, batch_size=args.batch_size,
-                                        max_length=args.max_length)
-    if args.precision == "fp16":
-        from debertrt.calibration.fp16 import to_fp16
-        from debertrt.calibration.options import Fp16Options
-
-        result = to_fp16(args.onnx, args.out, data.get("calibration"), ref=ref,
-                         options=Fp16Options(threshold=args.fp16_threshold))
-        s = result.summary
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["fp32_by_kind"].items()))
-        print(f"wrote {result.path}: {s['nodes_fp16']} nodes fp16, {s['nodes_fp32']} fp32 ({kinds}), "
-              f"{s['casts_inserted']} casts (report {result.report.name})")
-        return 0
-
-    from debertrt.calibration.int8 import quantize_int8
-    from debertrt.calibration.options import Int8Options
-
-    options = Int8Options(method=args.method, max_accuracy_loss=None if args.no_fallback else args.max_accuracy_loss)
-    result = quantize_int8(args.onnx, args.out, data.get("calibration"), ref=ref, task=task,
-                           fallback_dataset=data.get("fallback"), options=options)
-    s = result.summary
-    print(f"wrote {result.path}: {s['quantized_matmuls']}/{s['candidate_matmuls']} MatMul/Gemm in int8; {s['metric']} "
-          f"fp32 {s['fp32']:.4f} -> int8 {s['int8']:.4f}"
-          + (f" ({'within' if s['within_budget'] else 'NOT within'} budget)" if not args.no_fallback else "")
-          + (f"; left in float: {', '.join(s['float_groups'])}" if s["float_groups"] else "")
-          + f" (report {result.report.name})")
-    return 0
-
-
-def _exit_code(result: dict) -> int:
-    """0 when the verdict is passed; 1 when an artifact failed or nothing could be judged."""
-    return 0 if result["verdict"] == "passed" else 1
-
-
-def _print_summary(result: dict, report: Path) -> None:
-    from .parity_report import VERDICT_TEXT, overall_line
-
-    for e in result["artifacts"]:
-        name = Path(e["path"]).name
-        verdict = VERDICT_TEXT[e["verdict"]]
-        if e["status"] != "ran":
-            print(f"  {name:<24} {e['precision']:<5} not run: {e['reason']}  {verdict}")
-            continue
-        worst = max(m["max_abs"] for m in e["outputs"].values())
-        headline = next(iter(e["task"]["agreement"].items()), None)
-        agree = f"  {headline[0]} agreement {headline[1]:.2%}" if headline else ""
-        failed = [f"{c['criterion']} ({c['output']})" for c in e["criteria"] if not c["passed"]]
-        print(f"  {name:<24} {e['precision']:<5} max abs {worst:.3g}{agree}  {verdict}"
-              + (f": {'; '.join(failed)}" if failed else ""))
-    print(f"report: {report.with_suffix('.md')} ({overall_line(result)})")
-
-
-def _cmd_parity(args) -> int:
-    from debertrt.core.models import load_model
-
-    from .parity import parity
-
-    ref = load_model(args.model, args.task)
-    result = parity(ref, args.artifact, _datasets(args, ref, ["parity"])["parity"], args.out,
-                    precisions=[args.precision] * len(args.artifact))
-    _print_summary(result, args.out)
-    return _exit_code(result)
-
-
-def _cmd_build(args) -> int:
-    from debertrt.core.models import load_model
-
-    from .pipeline import PRECISIONS, BuildOptions, build
-
-    options = BuildOptions(precisions=tuple(args.precision or PRECISIONS), backend=args.backend,
-                           profiles=tuple(args.profile or ()), export=_export_options(args),
-                           method=args.method, max_accuracy_loss=args.max_accuracy_loss,
-                           plugin_library=args.plugin_library)
-    ref = load_model(args.model, args.task)
-    purposes = ["parity"] if set(options.precisions) == {"fp32"} else ["calibration", "fallback", "parity"]
-    result = build(ref, args.out, options, _datasets(args, ref, purposes))
-    for note in result.notes:
-        print(f"note: {note}")
-    _print_summary(result.parity, args.out / "parity")
-    return _exit_code(result.parity)
-
-
-def _cmd_engine(args) -> int:
-    from .engine import EngineOptions, build_engine
-
-    options = EngineOptions(backend=args.backend, profiles=tuple(args.profile or ()),
-                            optimization_level=args.optimization_level, timing_cache=args.timing_cache,
-                            plugin_library=args.plugin_library, workspace_mib=args.workspace,
-                            compute_capabilities=tuple(args.compute_capability or ()),
-                            verbose=args.verbosity > 0)
-    plan = build_engine(args.onnx, args.out or args.onnx.parent, options, name=args.name)
-    print(f"wrote {plan} and {plan.with_suffix('.json').name}")
-    return 0
-
-
-def _cmd_export_triton(args) -> int:
-    from .triton import export_triton
-
-    model_dir = export_triton(args.engine, args.out, name=args.name, plugin_library=args.plugin_library,
-                              instances=args.instances)
-    print(f"wrote {model_dir} (see {args.out / 'README.md'})")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from debertrt.core.artifacts import atomic_dir, sha256, write_text
-from debertrt.plugins.cuda_kernel import PLUGIN_STATIC_LIBRARY
+from debertrt.plugins.libraries import PLUGIN_STATIC_LIBRARY
 from debertrt.runtime.engine_json import engine_json_path, read_engine_json
 from debertrt.runtime.tensorrt import cached_plugin_library
 from debertrt.core.errors import DebertrtError
