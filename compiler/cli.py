@@ -142,15 +142,7 @@ def _add_engine_commands(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="print the builder's warnings")
     p.set_defaults(run=_cmd_engine)
 
-    p = sub.add_parser("export-triton", help="a built engine -> a Triton model repository")
-    p.add_argument("--engine", type=Path, required=True, help="engine directory, NAME.plan or NAME.json")
-    p.add_argument("--out", type=Path, required=True, help="model repository directory (created or added to)")
-    p.add_argument("--name", default=None, help="Triton model name (default <model>-<task>)")
-    p.add_argument("--plugin-library", type=Path, default=None,
-                   help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
-                        "beside the one the engine was built with)")
-    p.add_argument("--instances", type=_positive, default=1, help="model instances per GPU (default 1)")
-    p.set_defaults(run=_cmd_export_triton)
+    _add_serving_commands(sub)
 
 
 def _dataset(args, ref):
@@ -351,13 +343,74 @@ def _cmd_engine(args) -> int:
     return 0
 
 
-def _cmd_export_triton(args) -> int:
-    from .triton import export_triton
+# ---- serving: export-triton and serve (issue 15) ------------------------------------------
 
-    model_dir = export_triton(args.engine, args.out, name=args.name, plugin_library=args.plugin_library,
-                              instances=args.instances)
-    print(f"wrote {model_dir} (see {args.out / 'README.md'})")
+def _add_serving_commands(sub) -> None:
+    p = sub.add_parser("export-triton", help="an engine or ONNX artifact -> a Triton model repository: tokenizer, "
+                                             "model, post-processing, ensemble (text in, answers out)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engine", type=Path, help="engine directory (one engine), NAME.plan or NAME.json: "
+                                                    "the model step runs on Triton's TensorRT backend")
+    source.add_argument("--onnx", type=Path, help="an ONNX artifact (model.onnx, model.int8.onnx, plugin graphs too): "
+                                                  "the model step runs ONNX Runtime in the Python backend (CPU)")
+    p.add_argument("--out", type=Path, required=True, help="model repository directory (created or added to)")
+    p.add_argument("--name", default=None, help="Triton model name of the ensemble (default <model>-<task>)")
+    p.add_argument("--model", default=None, help="preset or checkpoint directory for the tokenizer and labels "
+                                                 "(default: the one the artifact records)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="a directory with the tokenizer files "
+                                                                "(default: the model's)")
+    p.add_argument("--model-only", action="store_true", help="write the model step alone, named NAME")
+    p.add_argument("--python-env", default="auto", metavar="auto|none|PATH",
+                   help="EXECUTION_ENV_PATH of the Python-backend models: auto (default: this Python's packages), "
+                        "none (the server's Python), or an environment directory / conda-pack archive on the server")
+    p.add_argument("--max-batch-size", type=_positive, default=None, help="--onnx: largest batch (default 16)")
+    p.add_argument("--max-length", type=_positive, default=None,
+                   help="longest text in tokens (default: the engine's profiles, else the model's maximum)")
+    p.add_argument("--pad-to-multiple-of", type=_positive, default=16,
+                   help="pad token sequences to a multiple of this, so more requests batch together (default 16)")
+    p.add_argument("--plugin-library", type=Path, default=None,
+                   help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
+                        "beside the one the engine was built with)")
+    p.add_argument("--instances", type=_positive, default=1, help="model step instances (default 1)")
+    p.set_defaults(run=_cmd_export_triton)
+
+    p = sub.add_parser("serve", help="start a local Triton Inference Server on a model repository and print its URLs")
+    p.add_argument("repo", type=Path, help="a model repository written by debertrt export-triton")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    for kind, default in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
+        p.add_argument(f"--{kind}-port", type=int, default=default, help=f"{kind} port (default {default}; 0: any free)")
+    p.add_argument("--tritonserver", type=Path, default=None,
+                   help="a tritonserver binary with its backends beside it (default: nvidia-pytriton's)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until every model is ready")
+    p.set_defaults(run=_cmd_serve)
+
+
+def _cmd_export_triton(args) -> int:
+    from .triton import TritonOptions, export_triton
+
+    options = TritonOptions(name=args.name, model=args.model, tokenizer=args.tokenizer, model_only=args.model_only,
+                            python_env=args.python_env, max_batch_size=args.max_batch_size, max_length=args.max_length,
+                            pad_to_multiple_of=args.pad_to_multiple_of, instances=args.instances,
+                            plugin_library=args.plugin_library)
+    model_dir = export_triton(args.out, engine=args.engine, onnx=args.onnx, options=options)
+    print(f"wrote {model_dir} (see {args.out / 'README.md'}); serve it with: debertrt serve {args.out}")
     return 0
+
+
+def _cmd_serve(args) -> int:
+    from debertrt.runtime.serving.server import TritonServer
+
+    server = TritonServer(args.repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                          metrics_port=args.metrics_port, tritonserver=args.tritonserver)
+    try:
+        server.start(timeout=args.timeout)
+        print(f"serving {args.repo}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics "
+              f"{server.metrics_url} (Ctrl-C stops)", flush=True)
+        return server.process.wait()
+    finally:
+        server.stop()
+
+# ---- end of serving ------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

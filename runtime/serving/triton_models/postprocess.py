@@ -1,0 +1,37 @@
+"""Triton Python-backend model: the model's outputs -> the task's answer (labels and scores,
+entities, or answer spans; see ``debertrt_text.postprocess``).
+
+``debertrt export-triton`` writes this file as ``<name>-postprocess/1/model.py`` beside
+``debertrt_text.py``. It needs NumPy in the server's Python environment, nothing else.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # debertrt_text.py lies beside this file
+
+from debertrt_text import (decode_texts, error_response, model_parameters, optional_input, postprocess,  # noqa: E402
+                           respond)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = model_parameters(args)
+        self.task = params["task"]
+        self.labels = json.loads(params["labels"])
+        self.model_outputs = params["model_outputs"].split(",")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                outputs = {name: optional_input(request, name) for name in self.model_outputs}
+                tokens = {name: optional_input(request, name) for name in ("attention_mask", "OFFSETS", "SEQUENCE_IDS")}
+                pair = optional_input(request, "TEXT_PAIR")
+                responses.append(respond(postprocess(
+                    self.task, outputs, tokens, decode_texts(optional_input(request, "TEXT"), "TEXT"),
+                    None if pair is None else decode_texts(pair, "TEXT_PAIR"), self.labels)))
+            except Exception as exc:  # one bad request must not fail the others
+                responses.append(error_response(exc))
+        return responses
