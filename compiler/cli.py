@@ -406,7 +406,10 @@ def _cmd_serve(args) -> int:
         server.start(timeout=args.timeout)
         print(f"serving {args.repo}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics "
               f"{server.metrics_url} (Ctrl-C stops)", flush=True)
-        return server.process.wait()
+        code = server.process.wait()
+        if code != 0:
+            print(f"debertrt: error: tritonserver exited with code {code}", file=sys.stderr)
+        return 0 if code == 0 else 1
     finally:
         server.stop()
 

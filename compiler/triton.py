@@ -307,11 +307,11 @@ def _text_steps(source: ModelSource, name: str, task: str, assets: TextAssets, e
                  f"1/{TEXT_MODULE}": _serving_sources() / "text.py"}
     tokenizer.update({f"1/tokenizer/{n}": data for n, data in tokenizer_files.items()})
     postprocess = {"config.pbtxt": tc.postprocess_config(f"{name}-postprocess", task, source.inputs, source.outputs,
-                                                         assets.labels, source.max_batch, needs_pair, env),
+                                                         assets.labels, source.max_batch, env),
                    "1/model.py": _serving_sources() / "triton_models" / "postprocess.py",
                    f"1/{TEXT_MODULE}": _serving_sources() / "text.py"}
     ensemble = {"config.pbtxt": tc.ensemble_config(name, task, source.inputs, source.outputs, len(assets.labels),
-                                                   source.max_batch, needs_pair), "1/": None}
+                                                   source.max_batch), "1/": None}
     return {f"{name}-tokenizer": tokenizer, f"{name}-postprocess": postprocess, name: ensemble}
 
 

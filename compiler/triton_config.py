@@ -88,9 +88,12 @@ class Tensor:
         return entry
 
 
-def text_tensors(needs_pair: bool) -> list[dict]:
-    """The ensemble's (and the tokenizer's) text inputs; TEXT_PAIR is optional unless the task needs it."""
-    return [Tensor("TEXT", "bytes", (-1, 1)).entry(), Tensor("TEXT_PAIR", "bytes", (-1, 1)).entry(not needs_pair)]
+def text_tensors() -> list[dict]:
+    """The ensemble's (and the tokenizer's) text inputs. Both are optional in the configs and the
+    tokenizer step refuses a request without TEXT (or without TEXT_PAIR where the task needs it)
+    with a message that says so: Triton's ensemble scheduler answers a missing required input
+    that is not the only one with "unexpected deadlock" instead."""
+    return [Tensor(name, "bytes", (-1, 1)).entry(optional=True) for name in TEXT_INPUTS]
 
 
 def task_output_tensors(task: str, num_labels: int) -> list[Tensor]:
@@ -154,7 +157,7 @@ def tokenizer_config(name: str, model_inputs: list[Tensor], max_batch: int, max_
     outputs += [Tensor(n, dtype, (-1,) + tuple(dims)).entry() for n, (dtype, dims) in TOKEN_OUTPUTS.items()]
     comment = "Written by debertrt export-triton: the checkpoint's fast tokenizer (tokenizer/ beside model.py)."
     return _text(comment, name, max_batch, {
-        "backend": "python", "input": text_tensors(needs_pair), "output": outputs,
+        "backend": "python", "input": text_tensors(), "output": outputs,
         "dynamic_batching": _dynamic_batching(0), "instance_group": _cpu_instances(1),
         "parameters": _parameters({
             "input_names": ",".join(t.name for t in model_inputs), "input_dtypes": ",".join(t.dtype for t in model_inputs),
@@ -163,10 +166,10 @@ def tokenizer_config(name: str, model_inputs: list[Tensor], max_batch: int, max_
 
 
 def postprocess_config(name: str, task: str, model_inputs: list[Tensor], model_outputs: list[Tensor],
-                       labels: list[str], max_batch: int, needs_pair: bool, env: str | None) -> str:
+                       labels: list[str], max_batch: int, env: str | None) -> str:
     inputs = [t.entry() for t in model_outputs] + [t.entry() for t in model_inputs if t.name == "attention_mask"]
     inputs += [Tensor(n, dtype, (-1,) + tuple(dims)).entry() for n, (dtype, dims) in TOKEN_OUTPUTS.items()]
-    inputs += text_tensors(needs_pair)
+    inputs += text_tensors()
     return _text(f"Written by debertrt export-triton: {task} post-processing.", name, max_batch, {
         "backend": "python", "input": inputs, "output": [t.entry() for t in task_output_tensors(task, len(labels))],
         "dynamic_batching": _dynamic_batching(0), "instance_group": _cpu_instances(1),
@@ -175,7 +178,7 @@ def postprocess_config(name: str, task: str, model_inputs: list[Tensor], model_o
 
 
 def ensemble_config(name: str, task: str, model_inputs: list[Tensor], model_outputs: list[Tensor], num_labels: int,
-                    max_batch: int, needs_pair: bool) -> str:
+                    max_batch: int) -> str:
     """TEXT (+ TEXT_PAIR) -> tokenizer -> model -> postprocess -> the task's answer."""
     def step(suffix: str, inputs: list[str], outputs: list[str]) -> dict:
         return {"model_name": f"{name}-{suffix}", "model_version": -1,
@@ -185,7 +188,7 @@ def ensemble_config(name: str, task: str, model_inputs: list[Tensor], model_outp
     token_names = [t.name for t in model_inputs] + list(TOKEN_OUTPUTS)
     answers = task_output_tensors(task, num_labels)
     return _text(f"Written by debertrt export-triton: text in, {task} answers out.", name, max_batch, {
-        "platform": "ensemble", "input": text_tensors(needs_pair), "output": [t.entry() for t in answers],
+        "platform": "ensemble", "input": text_tensors(), "output": [t.entry() for t in answers],
         "ensemble_scheduling": {"step": [
             step("tokenizer", list(TEXT_INPUTS), token_names),
             step("model", [t.name for t in model_inputs], [t.name for t in model_outputs]),

@@ -221,8 +221,7 @@ def test_engine_pipeline_configs(tmp_path, text_checkpoint):
     assert [o.name for o in tokenizer.output] == ["input_ids", "attention_mask", "token_type_ids", "OFFSETS",
                                                   "SEQUENCE_IDS"]
     assert tokenizer.parameters["max_length"].string_value == "512"
-    assert not any(i.optional for i in tokenizer.input if i.name == "TEXT")
-    assert [i.optional for i in tokenizer.input if i.name == "TEXT_PAIR"] == [True]
+    assert [(i.name, i.optional) for i in tokenizer.input] == [("TEXT", True), ("TEXT_PAIR", True)]  # checked inside
     assert "EXECUTION_ENV_PATH" not in tokenizer.parameters  # --python-env none: the server's own Python
     post = configs["ner-postprocess"]
     assert json.loads(post.parameters["labels"].string_value) == ["O", "B-ITEM", "I-ITEM"]
@@ -258,7 +257,7 @@ def test_onnx_pipeline_configs(tmp_path, text_checkpoint):
     assert model.backend == "python" and model.max_batch_size == 4
     assert model.parameters["onnx"].string_value == "model.onnx" and (repo / "qa-model" / "1" / "model.onnx").is_file()
     assert [o.name for o in model.output] == ["start_logits", "end_logits"]
-    assert [i.optional for i in configs["qa"].input] == [False, False]  # the context is required
+    assert configs["qa-tokenizer"].parameters["needs_pair"].string_value == "true"  # the context is required
     env = Path(model.parameters["EXECUTION_ENV_PATH"].string_value)
     assert (env / COMPLETE).is_file() and (env / "bin" / "activate").is_file()
     assert configs["qa-tokenizer"].parameters["max_length"].string_value == "64"

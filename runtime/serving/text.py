@@ -248,6 +248,15 @@ def respond(arrays: dict[str, np.ndarray]):
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, value) for name, value in arrays.items()])
 
 
+def request_texts(request) -> tuple[list[str], list[str] | None]:
+    """TEXT and TEXT_PAIR (or None) of a request; a request without TEXT is refused."""
+    text = optional_input(request, "TEXT")
+    if text is None:
+        raise TextError("input TEXT is missing: send the text(s) as TEXT, BYTES of shape [batch, 1]")
+    pair = optional_input(request, "TEXT_PAIR")
+    return decode_texts(text, "TEXT"), None if pair is None else decode_texts(pair, "TEXT_PAIR")
+
+
 def optional_input(request, name: str):
     import triton_python_backend_utils as pb_utils
 

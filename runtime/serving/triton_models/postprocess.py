@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # debertrt_text.py lies beside this file
 
-from debertrt_text import (decode_texts, error_response, model_parameters, optional_input, postprocess,  # noqa: E402
+from debertrt_text import (error_response, model_parameters, optional_input, postprocess, request_texts,  # noqa: E402
                            respond)
 
 
@@ -28,10 +28,8 @@ class TritonPythonModel:
             try:
                 outputs = {name: optional_input(request, name) for name in self.model_outputs}
                 tokens = {name: optional_input(request, name) for name in ("attention_mask", "OFFSETS", "SEQUENCE_IDS")}
-                pair = optional_input(request, "TEXT_PAIR")
-                responses.append(respond(postprocess(
-                    self.task, outputs, tokens, decode_texts(optional_input(request, "TEXT"), "TEXT"),
-                    None if pair is None else decode_texts(pair, "TEXT_PAIR"), self.labels)))
+                texts, pairs = request_texts(request)
+                responses.append(respond(postprocess(self.task, outputs, tokens, texts, pairs, self.labels)))
             except Exception as exc:  # one bad request must not fail the others
                 responses.append(error_response(exc))
         return responses

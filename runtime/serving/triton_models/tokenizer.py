@@ -12,7 +12,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # debertrt_text.py lies beside this file
 
-from debertrt_text import TextEncoder, decode_texts, error_response, model_parameters, optional_input, respond  # noqa: E402
+from debertrt_text import TextEncoder, error_response, model_parameters, request_texts, respond  # noqa: E402
 
 
 class TritonPythonModel:
@@ -29,9 +29,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                texts = decode_texts(optional_input(request, "TEXT"), "TEXT")
-                pair = optional_input(request, "TEXT_PAIR")
-                arrays = self.encoder.encode(texts, None if pair is None else decode_texts(pair, "TEXT_PAIR"))
+                arrays = self.encoder.encode(*request_texts(request))
                 responses.append(respond({name: value.astype(self.dtypes.get(name, value.dtype), copy=False)
                                           for name, value in arrays.items()}))
             except Exception as exc:  # one bad request must not fail the others
