@@ -14,6 +14,7 @@ batch size).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -227,3 +228,99 @@ def batching(before: dict, after: dict, model: str) -> dict:
     executions = after.get(("nv_inference_exec_count", model), 0) - before.get(("nv_inference_exec_count", model), 0)
     return {"inferences": int(count), "executions": int(executions),
             "mean_batch": round(count / executions, 2) if executions else None}
+
+
+# ---- the benchmark (scripts/bench_serve.py) -----------------------------------------------
+
+def digit_sentences(count: int, seed: int, words: tuple[int, int] = (6, 24)) -> list[str]:
+    """Sentences of the trained preset's task (digit words with one marker ``b``), of ``words`` words."""
+    rng = np.random.default_rng(seed)
+    texts = []
+    for n in rng.integers(words[0], words[1] + 1, size=count):
+        digits = [f"d{v}" for v in rng.integers(0, 10, size=int(n))]
+        digits[int(rng.integers(0, int(n)))] = "b"
+        texts.append(" ".join(digits))
+    return texts
+
+
+def machine() -> dict:
+    """CPU model, the flags that decide ONNX Runtime's kernels, cores."""
+    import os
+    import platform
+
+    info = {"cpu": platform.processor() or "unknown", "flags": [], "cores": os.cpu_count()}
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return info
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    if model:
+        info["cpu"] = model.group(1).strip()
+    if flags:
+        wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+        present = set(flags.group(1).split())
+        info["flags"] = [f for f in wanted if f in present]
+    return info
+
+
+def benchmark(onnx_path, model: str, work_dir, clients: tuple[int, ...] = (1, 4, 16), requests: int = 3000,
+              protocol: str = "http", long_fraction: float = 0.3, seed: int = 0, max_queue_delay_us: int | None = None,
+              log=print) -> dict:
+    """Export the text pipeline for ``onnx_path`` (ONNX Runtime model step), serve it, and load it
+    with each number of clients in turn (``requests`` in all); every answer checked."""
+    from pathlib import Path
+
+    from debertrt.compiler.artifacts import versions
+    from debertrt.compiler.triton import TritonOptions, _manifest_model, export_triton, text_assets
+
+    from .server import TritonServer
+
+    work_dir = Path(work_dir)
+    task = _manifest_model(Path(onnx_path))[1] or "sequence-classification"
+    name = "bench"
+    options = TritonOptions(name=name, model=model)
+    if max_queue_delay_us is not None:
+        options = dataclasses.replace(options, max_queue_delay_us=max_queue_delay_us)
+    export_triton(work_dir / "repo", onnx=onnx_path, options=options)
+    assets = text_assets(model, task, None)
+    short = digit_sentences(200, seed)
+    long = digit_sentences(int(200 * long_fraction / (1 - long_fraction)), seed + 1, (25, 250))
+    cases = [Case(t) for t in short + long]
+    np.random.default_rng(seed).shuffle(cases)
+    log(f"direct ONNX Runtime run of {len(cases)} texts ({len(short)} of 6-24 words, {len(long)} of 25-250)")
+    expected = direct_answers(onnx_path, assets.tokenizer, task, assets.labels, cases)
+    result = {"artifact": str(onnx_path), "model": model, "task": task, "protocol": protocol, "machine": machine(),
+              "versions": versions("onnxruntime", "nvidia-pytriton", "tritonclient", "tokenizers", "numpy"),
+              "cases": {"texts": len(cases), "short_words": [6, 24], "long_words": [25, 250]},
+              "max_queue_delay_us": options.max_queue_delay_us, "date": time.strftime("%Y-%m-%d"), "levels": []}
+    with TritonServer(work_dir / "repo", log_file=work_dir / "tritonserver.log") as server:
+        url = server.http_url if protocol == "http" else server.grpc_url
+        warm = run_load(url, name, task, cases, expected, clients=2, requests=len(cases), protocol=protocol)
+        log(f"server up; warm-up: {warm.summary()['answered']} answers, {len(warm.errors)} errors, "
+            f"{len(warm.wrong)} wrong")
+        per_level = requests // len(clients)
+        for count in clients:
+            before, sizes_before = scrape_metrics(server.metrics_url), batch_statistics(server.http_url, f"{name}-model")
+            load = run_load(url, name, task, cases, expected, clients=count, requests=per_level, protocol=protocol)
+            sizes = batch_statistics(server.http_url, f"{name}-model")
+            level = load.summary()
+            level["model_step"] = batching(before, scrape_metrics(server.metrics_url), f"{name}-model")
+            level["model_step"]["batch_sizes"] = {size: n - sizes_before.get(size, 0) for size, n in sorted(sizes.items())
+                                                  if n - sizes_before.get(size, 0)}
+            result["levels"].append(level)
+            log(table({"levels": [level]}).splitlines()[-1])
+    result["passed"] = all(level["errors"] == 0 and level["wrong"] == 0 for level in result["levels"])
+    return result
+
+
+def table(result: dict) -> str:
+    lines = ["| clients | requests | errors | wrong | throughput (req/s) | p50 ms | p99 ms | model-step mean batch "
+             "| model-step batch sizes (size: runs) |", "|---|---|---|---|---|---|---|---|---|"]
+    for level in result["levels"]:
+        step = level["model_step"]
+        sizes = ", ".join(f"{size}: {n}" for size, n in step["batch_sizes"].items())
+        lines.append(f"| {level['clients']} | {level['requests']} | {level['errors']} | {level['wrong']} | "
+                     f"{level['throughput_rps']} | {level['p50_ms']} | {level['p99_ms']} | {step['mean_batch']} "
+                     f"({step['inferences']} texts / {step['executions']} runs) | {sizes} |")
+    return "\n".join(lines)
