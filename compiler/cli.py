@@ -231,19 +231,6 @@ def _add_calibrate_command(sub) -> None:
     p.set_defaults(run=_cmd_calibrate)
 
 
-def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
-    from .artifacts import MANIFEST, read_json
-
-    manifest = onnx_path.parent / MANIFEST
-    if not manifest.is_file():
-        return None, None
-    try:
-        inputs = read_json(manifest)["stages"]["export"]["inputs"]
-        return inputs.get("model"), inputs.get("task")
-    except (KeyError, TypeError, ValueError):
-        return None, None
-
-
 def _cmd_calibrate(args) -> int:
     from debertrt.calibration.data import calibration_dataset
     from .artifacts import read_json
@@ -251,7 +238,9 @@ def _cmd_calibrate(args) -> int:
 
     if not args.onnx.is_file():
         raise DebertrtError(f"ONNX file {str(args.onnx)!r} not found")
-    model, task = _manifest_model(args.onnx)
+    from .artifacts import manifest_model
+
+    model, task = manifest_model(args.onnx)
     model, task = args.model or model, args.task or task
     if bool(model) != bool(task):
         raise DebertrtError("give both --model and --task (the manifest beside the ONNX names only one)")

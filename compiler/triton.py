@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import triton_config as tc
-from .artifacts import MANIFEST, read_json, sha256, write_text
+from .artifacts import manifest_model, read_json, sha256, write_text
 from .engine import cached_plugin_library, engine_json_path, read_engine_json
 from .errors import DebertrtError, first_line
 from .triton_readme import render_readme
@@ -135,7 +135,7 @@ def onnx_source(path: str | os.PathLike, options: TritonOptions) -> ModelSource:
         tensors.append([tc.Tensor.from_dict(_value_info(v), kind) for v in values if v.name not in initializers])
     data = {entry.value for t in graph.graph.initializer if uses_external_data(t)
             for entry in t.external_data if entry.key == "location"}
-    model, task = _manifest_model(path)
+    model, task = manifest_model(path)
     return ModelSource("onnx", path, model, task, tensors[0], tensors[1],
                        options.max_batch_size or DEFAULT_ONNX_MAX_BATCH, options.max_length,
                        extra_files=[path.parent / name for name in sorted(data)])
@@ -148,15 +148,6 @@ def _value_info(value) -> dict:
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "undefined"
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     return {"name": value.name, "dtype": dtype, "shape": shape}
-
-
-def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
-    manifest = onnx_path.parent / MANIFEST
-    try:
-        inputs = read_json(manifest)["stages"]["export"]["inputs"]
-        return inputs.get("model"), inputs.get("task")
-    except (OSError, KeyError, TypeError, ValueError):
-        return None, None
 
 
 # ---- tokenizer and labels ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from debertrt.compiler.errors import DebertrtError
 from debertrt.compiler.export import ExportOptions, export
 from debertrt.compiler.models import load_model
 from debertrt.compiler.rewrite import rewrite
@@ -238,3 +239,13 @@ def test_serve_command_survives_a_killed_server(pipelines, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_the_reason(pipelines, tmp_path):
+    repo = tmp_path / "repo"
+    pipelines["cls"].export(repo)
+    (repo / "cls-model" / "1" / pipelines["cls"].onnx.name).write_bytes(b"not an onnx file")
+    server = TritonServer(repo, log_file=tmp_path / "tritonserver.log")
+    with pytest.raises(DebertrtError, match=r"tritonserver exited with code \d+ before it was ready: .*cls-model"):
+        server.start()
+    assert not server.running

@@ -271,13 +271,13 @@ def benchmark(onnx_path, model: str, work_dir, clients: tuple[int, ...] = (1, 4,
     with each number of clients in turn (``requests`` in all); every answer checked."""
     from pathlib import Path
 
-    from debertrt.compiler.artifacts import versions
-    from debertrt.compiler.triton import TritonOptions, _manifest_model, export_triton, text_assets
+    from debertrt.compiler.artifacts import manifest_model, versions
+    from debertrt.compiler.triton import TritonOptions, export_triton, text_assets
 
     from .server import TritonServer
 
     work_dir = Path(work_dir)
-    task = _manifest_model(Path(onnx_path))[1] or "sequence-classification"
+    task = manifest_model(onnx_path)[1] or "sequence-classification"
     name = "bench"
     options = TritonOptions(name=name, model=model)
     if max_queue_delay_us is not None:

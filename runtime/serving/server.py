@@ -43,6 +43,8 @@ from . import pyenv
 INSTALL_HINT = "pip install 'debertrt[serve]' (the nvidia-pytriton wheel carries tritonserver)"
 STUB_NAME = "triton_python_backend_stub"
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+# What tritonserver logs as errors on every machine without a GPU: not why it failed.
+NO_GPU_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper|NVML|DCGM|unable to create stream")
 ENV_LINE = re.compile(r'key:\s*"EXECUTION_ENV_PATH"\s*value\s*:?\s*\{\s*string_value:\s*"([^"]*)"')
 
 
@@ -224,11 +226,17 @@ class TritonServer:
         raise DebertrtError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
 
     def _log_hint(self) -> str:
+        """The reason from the server's log: the first model that failed to load, else the last error."""
         if not self.log_file or not Path(self.log_file).is_file():
             return " (see its log above)"
-        errors = [line for line in Path(self.log_file).read_text(errors="replace").splitlines()
-                  if line.startswith("E") or "error" in line.lower()]
-        return f": {errors[-1].strip()[:300]} (log: {self.log_file})" if errors else f" (log: {self.log_file})"
+        lines = Path(self.log_file).read_text(errors="replace").splitlines()
+        failures = [line for line in lines if "failed to load '" in line and " version " in line]
+        errors = [line for line in lines
+                  if (line.startswith("E") or "error" in line.lower()) and not NO_GPU_NOISE.search(line)]
+        if not (failures or errors):
+            return f" (log: {self.log_file})"
+        reason = (failures or errors[-1:])[0].split("] ", 1)[-1].strip('"').split("\\n")[0]
+        return f": {reason[:300]} (log: {self.log_file})"
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (Triton finishes in-flight requests), SIGKILL after ``timeout``; returns the exit code."""
