@@ -74,6 +74,7 @@ class ModelSource:
     max_length: int | None
     engine: dict | None = None
     extra_files: list[Path] = field(default_factory=list)  # engine.json / ONNX external data
+    min_length: int = 1                # the engine profiles' shortest sequence
 
 
 # ---- the model step's source ------------------------------------------------------------
@@ -115,7 +116,7 @@ def engine_source(path: str | os.PathLike) -> ModelSource:
                        [tc.Tensor.from_dict(t, "input") for t in engine["inputs"]],
                        [tc.Tensor.from_dict(t, "output") for t in engine["outputs"]],
                        max(p["batch"][2] for p in engine["profiles"]), max(sequence) if sequence else None,
-                       engine, [json_path])
+                       engine, [json_path], min(p["sequence"][0] for p in engine["profiles"]))
 
 
 def onnx_source(path: str | os.PathLike, options: TritonOptions) -> ModelSource:
@@ -293,7 +294,7 @@ def _text_steps(source: ModelSource, name: str, task: str, assets: TextAssets, e
     tokenizer_files = _saved_tokenizer(assets.tokenizer)
     tokenizer = {"config.pbtxt": tc.tokenizer_config(f"{name}-tokenizer", source.inputs, source.max_batch,
                                                      source.max_length, assets.pad_id, options.pad_to_multiple_of,
-                                                     needs_pair, env),
+                                                     needs_pair, env, source.min_length),
                  "1/model.py": _serving_sources() / "triton_models" / "tokenizer.py",
                  f"1/{TEXT_MODULE}": _serving_sources() / "text.py"}
     tokenizer.update({f"1/tokenizer/{n}": data for n, data in tokenizer_files.items()})

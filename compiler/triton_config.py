@@ -152,7 +152,7 @@ def onnx_model_config(name: str, onnx_file: str, inputs: list[Tensor], outputs: 
 
 
 def tokenizer_config(name: str, model_inputs: list[Tensor], max_batch: int, max_length: int, pad_id: int,
-                     pad_to_multiple_of: int, needs_pair: bool, env: str | None) -> str:
+                     pad_to_multiple_of: int, needs_pair: bool, env: str | None, min_length: int = 1) -> str:
     outputs = [t.entry() for t in model_inputs]
     outputs += [Tensor(n, dtype, (-1,) + tuple(dims)).entry() for n, (dtype, dims) in TOKEN_OUTPUTS.items()]
     comment = "Written by debertrt export-triton: the checkpoint's fast tokenizer (tokenizer/ beside model.py)."
@@ -161,7 +161,8 @@ def tokenizer_config(name: str, model_inputs: list[Tensor], max_batch: int, max_
         "dynamic_batching": _dynamic_batching(0), "instance_group": _cpu_instances(1),
         "parameters": _parameters({
             "input_names": ",".join(t.name for t in model_inputs), "input_dtypes": ",".join(t.dtype for t in model_inputs),
-            "max_length": max_length, "pad_id": pad_id, "pad_to_multiple_of": pad_to_multiple_of,
+            "max_length": max_length, "min_length": min_length, "pad_id": pad_id,
+            "pad_to_multiple_of": pad_to_multiple_of,
             "needs_pair": str(needs_pair).lower(), ENV_PARAMETER: env})})
 
 

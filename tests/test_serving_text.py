@@ -36,6 +36,8 @@ def test_encode_matches_the_checkpoint_tokenizer_and_pads_to_a_multiple(tokenize
     assert encoder.encode(["d1"])["input_ids"].shape == (1, 16)
     capped = TextEncoder(str(path), ("input_ids", "attention_mask"), max_length=20, pad_to_multiple_of=16)
     assert capped.encode([texts[1]])["input_ids"].shape == (1, 20)  # the multiple never passes max_length
+    floor = TextEncoder(str(path), ("input_ids", "attention_mask"), max_length=64, min_length=24)
+    assert floor.encode(["d1"])["input_ids"].shape == (1, 24)  # an engine profile's shortest sequence
 
 
 def test_pairs_get_their_token_types(tmp_path):

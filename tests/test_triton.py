@@ -234,11 +234,12 @@ def test_engine_pipeline_configs(tmp_path, text_checkpoint):
 
     # a model without token_type_ids: the tokenizer must not emit them
     engine = fake_engine(tmp_path / "engine2", model=str(checkpoint), inputs=("input_ids", "attention_mask"),
-                         profiles=({"batch": [1, 2, 8], "sequence": [1, 64, 128]},))
+                         profiles=({"batch": [1, 2, 8], "sequence": [8, 64, 128]},))
     export_triton(repo, engine=engine, options=TritonOptions(name="ner2", python_env="none"))
     tokenizer = _ensemble_is_wired(repo, "ner2")["ner2-tokenizer"]
     assert "token_type_ids" not in {o.name for o in tokenizer.output}
     assert tokenizer.parameters["max_length"].string_value == "128" and tokenizer.max_batch_size == 8
+    assert tokenizer.parameters["min_length"].string_value == "8"  # no text shorter than the profile allows
 
 
 def test_onnx_pipeline_configs(tmp_path, text_checkpoint):

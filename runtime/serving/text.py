@@ -12,8 +12,9 @@ Contract between the steps (per request, ``B`` texts, ``L`` positions after padd
   0 first text, 1 second text, -1 special tokens and padding).
 * Nothing is truncated: a text longer than ``max_length`` tokens is a ``TextError``.
   ``L`` is the longest text rounded up to ``pad_to_multiple_of`` (capped at
-  ``max_length``), so Triton's dynamic batcher, which merges only requests of equal
-  shape, finds more of them; padded positions are masked and change no prediction.
+  ``max_length``, at least ``min_length``), so Triton's dynamic batcher, which merges only
+  requests of equal shape, finds more of them; padded positions are masked and change no
+  prediction.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class TextEncoder:
     pad_id: int = 0
     pad_to_multiple_of: int = 1
     needs_pair: bool = False
+    min_length: int = 1  # the engine profiles' shortest sequence: shorter texts are padded up to it
 
     def __post_init__(self):
         from tokenizers import Tokenizer
@@ -93,7 +95,7 @@ class TextEncoder:
                     f"shorten or split it (nothing is truncated)")
         longest = max(len(e.ids) for e in encodings)
         step = max(1, int(self.pad_to_multiple_of))
-        length = min(self.max_length, -(-longest // step) * step)
+        length = min(self.max_length, max(self.min_length, -(-longest // step) * step))
         batch = len(encodings)
         arrays = {
             "input_ids": np.full((batch, length), self.pad_id, dtype=np.int64),

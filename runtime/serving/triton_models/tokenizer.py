@@ -23,6 +23,7 @@ class TritonPythonModel:
         self.encoder = TextEncoder(str(Path(__file__).resolve().parent / "tokenizer" / "tokenizer.json"), names,
                                    max_length=int(params["max_length"]), pad_id=int(params["pad_id"]),
                                    pad_to_multiple_of=int(params["pad_to_multiple_of"]),
+                                   min_length=int(params.get("min_length", 1)),
                                    needs_pair=params["needs_pair"] == "true")
 
     def execute(self, requests):
