@@ -202,6 +202,13 @@ def _children(pid):
     return [int(p) for p in path.read_text().split()] if path.is_file() else []
 
 
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except (OSError, IndexError):
+        return False
+
+
 def test_serve_command_survives_a_killed_server(pipelines, tmp_path):
     """Kill tritonserver mid-load: clients get errors, never a wrong answer; `debertrt serve` reports
     the crash; served again, the same repository answers correctly."""
@@ -223,12 +230,15 @@ def test_serve_command_survives_a_killed_server(pipelines, tmp_path):
                 break
             time.sleep(0.2)
         (server_pid,) = _children(process.pid)
+        stubs = _children(server_pid)  # bash -c 'exec ... stub' leaves the stub as the server's child
+        assert len(stubs) == 3
         os.kill(server_pid, signal.SIGKILL)
         loader.join(90)
         load = results["load"].summary()
         assert load["wrong"] == 0 and load["answered"] >= 40 and load["errors"] > 0, load
         assert process.wait(30) == 1
         assert "tritonserver exited with code -9" in (tmp_path / "serve.log").read_text()
+        assert not [pid for pid in stubs if _alive(pid)]  # the crashed server's stubs were ended
 
         process = _serve(repo, ports, log)
         again = run_load(url, "cls", cls.task, cls.cases, cls.expected, clients=2, requests=24).summary()

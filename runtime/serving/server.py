@@ -14,7 +14,7 @@ again when it is this interpreter's and has gone missing.
 
 The server listens on loopback by default, runs in its own process group with a Python
 backend shared-memory prefix of its own, dies with its parent (``PR_SET_PDEATHSIG``), and
-``stop`` removes whatever shared memory a killed server left behind.
+``stop`` ends the stub processes and removes the shared memory a killed server left behind.
 """
 
 from __future__ import annotations
@@ -126,6 +126,21 @@ def prepare_environments(repository: Path) -> list[Path]:
     if envs:
         pyenv.check_stub_python()
     return envs
+
+
+def stub_processes(shm_prefix: str) -> list[int]:
+    """PIDs of Python-backend stubs started by the server whose shared-memory prefix is ``shm_prefix``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(STUB_NAME.encode()) and any(a.startswith(shm_prefix.encode()) for a in argv[1:]):
+            pids.append(int(proc.name))
+    return pids
 
 
 def _die_with_parent() -> None:
@@ -260,12 +275,18 @@ class TritonServer:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        """Remove the Python backend's shared memory a killed server could not."""
+        """After the server has gone: end the Python-backend stubs a killed server left running
+        (they outlive it and ignore SIGTERM), found by this start's shared-memory prefix in their
+        arguments, and remove the shared memory it could not."""
         prefix = getattr(self, "_shm_prefix", None)
-        if prefix and self.process is not None and self.process.poll() is not None:
-            for leftover in Path("/dev/shm").glob(f"{prefix}*"):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        if not prefix or self.process is None or self.process.poll() is None:
+            return
+        for pid in stub_processes(prefix):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for leftover in Path("/dev/shm").glob(f"{prefix}*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def __enter__(self) -> "TritonServer":
         return self.start()
