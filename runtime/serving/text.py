@@ -244,6 +244,18 @@ def error_response(exc: BaseException):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
+def answer_each(requests, answer) -> list:
+    """One response per request: ``answer(request)`` -> output arrays, or the error it raised
+    (one bad request must not fail the others)."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(respond(answer(request)))
+        except Exception as exc:
+            responses.append(error_response(exc))
+    return responses
+
+
 def respond(arrays: dict[str, np.ndarray]):
     import triton_python_backend_utils as pb_utils
 

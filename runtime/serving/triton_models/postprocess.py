@@ -11,8 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # debertrt_text.py lies beside this file
 
-from debertrt_text import (error_response, model_parameters, optional_input, postprocess, request_texts,  # noqa: E402
-                           respond)
+from debertrt_text import answer_each, model_parameters, optional_input, postprocess, request_texts  # noqa: E402
 
 
 class TritonPythonModel:
@@ -23,13 +22,10 @@ class TritonPythonModel:
         self.model_outputs = params["model_outputs"].split(",")
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                outputs = {name: optional_input(request, name) for name in self.model_outputs}
-                tokens = {name: optional_input(request, name) for name in ("attention_mask", "OFFSETS", "SEQUENCE_IDS")}
-                texts, pairs = request_texts(request)
-                responses.append(respond(postprocess(self.task, outputs, tokens, texts, pairs, self.labels)))
-            except Exception as exc:  # one bad request must not fail the others
-                responses.append(error_response(exc))
-        return responses
+        return answer_each(requests, self._answer)
+
+    def _answer(self, request):
+        outputs = {name: optional_input(request, name) for name in self.model_outputs}
+        tokens = {name: optional_input(request, name) for name in ("attention_mask", "OFFSETS", "SEQUENCE_IDS")}
+        texts, pairs = request_texts(request)
+        return postprocess(self.task, outputs, tokens, texts, pairs, self.labels)

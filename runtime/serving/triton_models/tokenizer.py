@@ -8,11 +8,9 @@ NumPy and ``tokenizers`` in the server's Python environment, nothing else.
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # debertrt_text.py lies beside this file
 
-from debertrt_text import TextEncoder, error_response, model_parameters, request_texts, respond  # noqa: E402
+from debertrt_text import TextEncoder, answer_each, model_parameters, request_texts  # noqa: E402
 
 
 class TritonPythonModel:
@@ -27,12 +25,8 @@ class TritonPythonModel:
                                    needs_pair=params["needs_pair"] == "true")
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                arrays = self.encoder.encode(*request_texts(request))
-                responses.append(respond({name: value.astype(self.dtypes.get(name, value.dtype), copy=False)
-                                          for name, value in arrays.items()}))
-            except Exception as exc:  # one bad request must not fail the others
-                responses.append(error_response(exc))
-        return responses
+        return answer_each(requests, self._encode)
+
+    def _encode(self, request):
+        arrays = self.encoder.encode(*request_texts(request))
+        return {name: value.astype(self.dtypes.get(name, value.dtype), copy=False) for name, value in arrays.items()}
