@@ -206,16 +206,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output directory (default ./{DEFAULT_OUT})")
     p.set_defaults(run=commands.build)
 
-    p = sub.add_parser("export-triton", help="a built engine -> a Triton model repository")
-    p.add_argument("--engine", type=Path, required=True, help="engine directory, NAME.plan or NAME.json")
+    _serving_commands(sub)
+    return parser
+
+
+def _serving_commands(sub) -> None:
+    p = sub.add_parser("export-triton", help="an engine or ONNX artifact -> a Triton model repository: tokenizer, "
+                                             "model, post-processing, ensemble (text in, answers out)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engine", type=Path, help="engine directory (one engine), NAME.plan or NAME.json: "
+                                                    "the model step runs on Triton's TensorRT backend")
+    source.add_argument("--onnx", type=Path, help="an ONNX artifact (model.onnx, model.int8.onnx, plugin graphs too): "
+                                                  "the model step runs ONNX Runtime in the Python backend (CPU)")
     p.add_argument("--out", type=Path, required=True, help="model repository directory (created or added to)")
-    p.add_argument("--name", default=None, help="Triton model name (default <model>-<task>)")
+    p.add_argument("--name", default=None, help="Triton model name of the ensemble (default <model>-<task>)")
+    p.add_argument("--model", default=None, help="preset or checkpoint directory for the tokenizer and labels "
+                                                 "(default: the one the artifact records)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="a directory with the tokenizer files "
+                                                                "(default: the model's)")
+    p.add_argument("--model-only", action="store_true", help="write the model step alone, named NAME")
+    p.add_argument("--python-env", default="auto", metavar="auto|none|PATH",
+                   help="EXECUTION_ENV_PATH of the Python-backend models: auto (default: this Python's packages), "
+                        "none (the server's Python), or an environment directory / conda-pack archive on the server")
+    p.add_argument("--max-batch-size", type=_positive, default=None, help="--onnx: largest batch (default 16)")
+    p.add_argument("--max-length", type=_positive, default=None,
+                   help="longest text in tokens (default: the engine's profiles, else the model's maximum)")
+    p.add_argument("--pad-to-multiple-of", type=_positive, default=16,
+                   help="pad token sequences to a multiple of this, so more requests batch together (default 16)")
     p.add_argument("--plugin-library", type=Path, default=None,
                    help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
                         "beside the one the engine was built with)")
-    p.add_argument("--instances", type=_positive, default=1, help="model instances per GPU (default 1)")
+    p.add_argument("--instances", type=_positive, default=1, help="model step instances (default 1)")
     p.set_defaults(run=commands.export_triton)
-    return parser
+
+    p = sub.add_parser("serve", help="start a local Triton Inference Server on a model repository and print its URLs")
+    p.add_argument("repo", type=Path, help="a model repository written by debertrt export-triton")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    for kind, default in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
+        p.add_argument(f"--{kind}-port", type=int, default=default, help=f"{kind} port (default {default}; 0: any free)")
+    p.add_argument("--tritonserver", type=Path, default=None,
+                   help="a tritonserver binary with its backends beside it (default: nvidia-pytriton's)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until every model is ready")
+    p.set_defaults(run=commands.serve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ the parser stays light."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from debertrt.core.errors import DebertrtError
@@ -40,26 +41,14 @@ def rewrite(args) -> int:
     return 0
 
 
-def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
-    from debertrt.core.artifacts import MANIFEST, read_json
-
-    manifest = onnx_path.parent / MANIFEST
-    if not manifest.is_file():
-        return None, None
-    try:
-        inputs = read_json(manifest)["stages"]["export"]["inputs"]
-        return inputs.get("model"), inputs.get("task")
-    except (KeyError, TypeError, ValueError):
-        return None, None
-
-
 def calibrate(args) -> int:
+    from debertrt.core.artifacts import manifest_model
     from debertrt.core.data import text_dataset
     from debertrt.core.models import load_model
 
     if not args.onnx.is_file():
         raise DebertrtError(f"ONNX file {str(args.onnx)!r} not found")
-    model, task = _manifest_model(args.onnx)
+    model, task = manifest_model(args.onnx)
     model, task = args.model or model, args.task or task
     if bool(model) != bool(task):
         raise DebertrtError("give both --model and --task (the manifest beside the ONNX names only one)")
@@ -165,9 +154,29 @@ def engine(args) -> int:
 
 
 def export_triton(args) -> int:
-    from .triton import export_triton
+    from .triton import TritonOptions, export_triton
 
-    model_dir = export_triton(args.engine, args.out, name=args.name, plugin_library=args.plugin_library,
-                              instances=args.instances)
-    print(f"wrote {model_dir} (see {args.out / 'README.md'})")
+    options = TritonOptions(name=args.name, model=args.model, tokenizer=args.tokenizer, model_only=args.model_only,
+                            python_env=args.python_env, max_batch_size=args.max_batch_size, max_length=args.max_length,
+                            pad_to_multiple_of=args.pad_to_multiple_of, instances=args.instances,
+                            plugin_library=args.plugin_library)
+    model_dir = export_triton(args.out, engine=args.engine, onnx=args.onnx, options=options)
+    print(f"wrote {model_dir} (see {args.out / 'README.md'}); serve it with: debertrt serve {args.out}")
     return 0
+
+
+def serve(args) -> int:
+    from debertrt.runtime.serving.server import TritonServer
+
+    server = TritonServer(args.repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                          metrics_port=args.metrics_port, tritonserver=args.tritonserver)
+    try:
+        server.start(timeout=args.timeout)
+        print(f"serving {args.repo}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics "
+              f"{server.metrics_url} (Ctrl-C stops)", flush=True)
+        code = server.process.wait()
+        if code != 0:
+            print(f"debertrt: error: tritonserver exited with code {code}", file=sys.stderr)
+        return 0 if code == 0 else 1
+    finally:
+        server.stop()

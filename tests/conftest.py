@@ -30,3 +30,39 @@ def exported(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+SENTENCES = [
+    "the cat sat on the mat", "a dog ran in the park", "the bird sang a song",
+    "fish swim in the sea", "the sun is hot today", "rain fell on the town",
+]
+
+
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory):
+    """``text_checkpoint(preset, task, **config) -> Path``: a save_pretrained directory with random
+    weights and a DebertaV2 fast tokenizer (SentencePiece unigram, as v2/v3 have), memoised."""
+    cache = {}
+
+    def get(preset: str, task: str, **config):
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+        from transformers import DebertaV2TokenizerFast
+
+        from debertrt.core.models import build_from_config, preset_config
+
+        key = (preset, task, json.dumps(config, sort_keys=True))
+        if key not in cache:
+            tok = Tokenizer(models.Unigram())
+            tok.pre_tokenizer = pre_tokenizers.Metaspace()
+            specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            tok.train_from_iterator(SENTENCES, trainers.UnigramTrainer(vocab_size=100, special_tokens=specials,
+                                                                       unk_token="[UNK]"))
+            tokenizer = DebertaV2TokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                               cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+            path = tmp_path_factory.mktemp(f"ckpt-{preset}-{task}")
+            build_from_config(preset_config(preset, **config), task).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            cache[key] = path
+        return cache[key]
+
+    return get
