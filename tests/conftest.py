@@ -1,16 +1,27 @@
-"""Shared fixtures. Exports are slow (a dynamo export takes ~15-25 s here), so each
-(preset, task, exporter, config overrides) is exported once per test session."""
+"""Shared fixtures. Exports are slow (a dynamo export takes ~5-20 s here), so each
+(preset, task, exporter, config overrides) is exported once per test run, shared by the
+pytest-xdist workers through a folder they all see and a file lock."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+
+def run_shared_dir(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this run shares (this run's temp folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """``exported(preset, task, exporter, overrides=None) -> Path`` of ``model.onnx``, memoised.
+    """``exported(preset, task, exporter, overrides=None) -> Path`` of ``model.onnx``, once per run.
 
     The export is the library's default (validated against PyTorch, manifest written);
     treat the directory as read-only: write derived artifacts into your own tmp_path.
@@ -18,16 +29,20 @@ def exported(tmp_path_factory):
     from debertrt.compiler.export import ExportOptions, export
     from debertrt.core.models import load_model
 
-    cache = {}
+    shared = run_shared_dir(tmp_path_factory) / "exports"
+    shared.mkdir(exist_ok=True)
 
     def get(preset: str, task: str, exporter: str = "dynamo", overrides: dict | None = None):
-        key = (preset, task, exporter, json.dumps(overrides or {}, sort_keys=True))
-        if key not in cache:
-            name = f"{preset}-{task}-{exporter}" + (f"-{len(cache)}" if overrides else "")
-            out = tmp_path_factory.mktemp(name, numbered=True)
-            ref = load_model(preset, task, config_overrides=overrides)
-            cache[key] = export(ref, out, ExportOptions(exporter=exporter))
-        return cache[key]
+        settings = json.dumps(overrides or {}, sort_keys=True)
+        name = f"{preset}-{task}-{exporter}" + (f"-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+                                                if overrides else "")
+        out, done = shared / name, shared / f"{name}.done"
+        with FileLock(str(shared / f"{name}.lock")):
+            if not done.exists():
+                ref = load_model(preset, task, config_overrides=overrides)
+                export(ref, out, ExportOptions(exporter=exporter))
+                done.touch()
+        return out / "model.onnx"
 
     return get
 

@@ -40,6 +40,9 @@ import pytest
 from cuda_host import harness
 from debertrt.plugins import cuda_kernel, libraries, reference, spec
 
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_kernel_host_sanitizers")
+
 KERNEL_DIR = Path(cuda_kernel.__file__).resolve().parent / "disentangled_attention"
 KERNEL_SOURCE = "disentangled_attention_kernel.cu"
 KERNEL_HEADER = "disentangled_attention_kernel.cuh"

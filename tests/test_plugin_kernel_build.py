@@ -30,6 +30,9 @@ import pytest
 
 from debertrt.plugins import cuda_kernel, libraries, reference, spec
 
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_plugin_kernel_build")
+
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = Path(cuda_kernel.__file__).resolve().parent / "disentangled_attention"
 

@@ -29,6 +29,9 @@ from debertrt.compiler.bench_serve import (Case, Client, batch_statistics, batch
                                             run_load, scrape_metrics, served_answers)
 from debertrt.runtime.serving.server import TritonServer, free_port
 
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_serving")
+
 for module, reason in (("pytriton", "nvidia-pytriton (tritonserver) is not installed: pip install 'debertrt[serve]'"),
                        ("tritonclient", "tritonclient is not installed: pip install 'debertrt[serve]'")):
     if importlib.util.find_spec(module) is None:
