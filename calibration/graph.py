@@ -43,9 +43,10 @@ def is_plugin_node(node) -> bool:
 
 def value_types(model) -> dict[str, "onnx.TypeProto"]:  # noqa: F821
     """Tensor name -> TypeProto for every tensor shape inference can type (plugin nodes are
-    seen as Identity of their first input, which is their contract: out has c2c's shape/type)."""
+    seen as standard nodes with their output's shape and type: ``plugins.ort.shape_stand_in``)."""
     import onnx
-    from onnx import helper
+
+    from debertrt.plugins.ort import shape_stand_in
 
     scratch = onnx.ModelProto()
     scratch.CopyFrom(model)
@@ -57,10 +58,9 @@ def value_types(model) -> dict[str, "onnx.TypeProto"]:  # noqa: F821
             init.ClearField(field)
         init.data_location = onnx.TensorProto.DEFAULT
     del scratch.graph.value_info[:]
-    for i, node in enumerate(scratch.graph.node):
-        if is_plugin_node(node):
-            scratch.graph.node[i].CopyFrom(helper.make_node("Identity", [node.input[0]], [node.output[0]],
-                                                            name=node.name))
+    nodes = [n for node in scratch.graph.node for n in (shape_stand_in(node) if is_plugin_node(node) else [node])]
+    del scratch.graph.node[:]
+    scratch.graph.node.extend(nodes)
     try:
         inferred = onnx.shape_inference.infer_shapes(scratch)
     except Exception as exc:
