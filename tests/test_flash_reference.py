@@ -176,3 +176,18 @@ def test_flash_spec_entry():
     # the gather op keeps its public names
     assert (spec.OP_TYPE, spec.FIELD_NAMES) == ("DisentangledAttention", (
         "position_buckets", "max_relative_positions", "pos_scale", "has_c2p", "has_p2c"))
+
+
+def test_interpreter_matrix_covers_both_tile_paths_and_odd_tables():
+    """The CPU matrix reaches the kernel's window and constant tiles for every model table, and its
+    odd tables are what they claim: jumps of more than one slot, and not monotone."""
+    seen = {}
+    for case in check.interpret_cases():
+        table = check.rel_table(case.table, case.seq + 3, np.random.default_rng(0))
+        for kind, n in check.tile_kinds(case, table).items():
+            seen[(case.table, kind)] = seen.get((case.table, kind), 0) + n
+    for table in check.INTERPRET_TABLES:
+        assert seen[(table, "window")] > 0 and seen[(table, "constant")] > 0, (table, seen)
+    jumpy = check.rel_table("jumpy", 100, np.random.default_rng(0))
+    assert np.diff(jumpy).max() > 1 and (np.diff(jumpy) >= 0).all()
+    assert (np.diff(check.rel_table("random", 70, np.random.default_rng(0))) < 0).any()

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,46 @@ def test_bench_attention_without_cuda_exits_2():
                           text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "CUDA" in proc.stderr
+
+
+README = REPO / "plugins" / "flash" / "README.md"
+
+
+def test_readme_states_the_spec():
+    from debertrt.plugins import spec
+
+    op = spec.DISENTANGLED_FLASH_ATTENTION
+    text = README.read_text()
+    attributes = re.findall(r"^\| `(\w+)` \| (int|float) \|", text, re.M)
+    assert attributes == [(f.name, f.kind) for f in op.fields]
+    inputs = re.findall(r"^\| `(\w+)`(?: \((has_\w+)\))? \| `\[", text, re.M)
+    assert inputs == [(t.name, t.present_when or "") for t in op.inputs]
+    assert f"op_type `{op.op_type}`, domain `{op.domain}`" in text
+    assert f'`plugin_namespace="{op.plugin_namespace}"` and `plugin_version="{op.plugin_version}"`' in text
+    for dtype, tol in op.tolerances.items():
+        assert f"{dtype} {tol:.0e}".replace("e-0", "e-") in text
+
+
+def test_readme_example_runs():
+    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    exec(compile(code, str(README), "exec"), {})
+
+
+def test_bench_cases_agree_on_the_cpu():
+    """The benchmark's peers that run without a GPU compute what ours computes (HF eager at both levels)."""
+    import contextlib
+
+    from debertrt.plugins.flash import bench
+
+    modules = bench.v3_base_attention(torch.device("cpu"), torch.float32)
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        cases = bench.build_cases(2, 24, torch.device("cpu"), torch.float32, modules, None, False, (), stack)
+        ours = cases[("attention", "ours")]()
+        ran = {key: fn() for key, fn in cases.items() if not isinstance(fn, bench.Skip)}
+    assert {("attention", "hf-eager"), ("module", "hf-eager"), ("module", "ours")} <= set(ran)
+    for key, out in ran.items():
+        assert out.shape == ours.shape and (out - ours).abs().max().item() < 1e-4, key
+    assert "libdebertrt_kernels.so" in str(cases[("attention", "gather-plugin")])
+    report = {"rows": [{"level": k[0], "peer": k[1], "batch": 2, "seq": 24, "ms": 1.0, "tflops": 2.0} for k in ran]}
+    lines = bench.table(report)
+    assert len(lines) == 2 + len(ran) and "B=2 S=24" in lines[0]

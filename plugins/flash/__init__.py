@@ -8,6 +8,7 @@ Modules (heavy ones import torch / triton; nothing here is imported by ``debertr
 * ``op``               the ``debertrt::disentangled_flash_attention`` torch.library op
 * ``hf``               the op's inputs from a transformers DeBERTa attention module; ``patched(model)``
 * ``check``            the kernel's correctness matrices (interpreter on CPU, GPU)
+* ``aot``              compile the kernel for sm_80 / sm_90 without a GPU: PTX, registers, shared memory
 * ``bench``            the side-by-side attention benchmark (``scripts/bench_attention.py``)
 
 The contract is ``debertrt.plugins.spec.DISENTANGLED_FLASH_ATTENTION``; see README.md here.

@@ -27,6 +27,7 @@ from .reference import masked_score
 _POINTER_TYPES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 _UNIT_STRIDES = ("sqd", "skd", "svd", "spkd", "spqd", "sms", "sod")  # contiguous last dims
 _FLOATS = ("c2c_factor", "c2p_factor", "p2c_factor")
+_FLOAT_POINTERS = ("Q", "K", "V", "PK", "PQ", "OUT")
 
 
 @dataclass
@@ -59,6 +60,7 @@ def compile_kernel(dtype: str = "float16", head_dim: int = 64, has_c2p: bool = T
 
     config = config or DEFAULT_CONFIG
     constants = {"MASKED": masked_score(dtype), "HAS_C2P": has_c2p, "HAS_P2C": has_p2c,
+                 **({} if has_c2p else {"PK": None}), **({} if has_p2c else {"PQ": None}),
                  "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
                  "BLOCK_D": max(16, triton.next_power_of_2(head_dim)), "WINDOW": config.window,
                  "PRECISION": "ieee" if dtype == "float32" else "tf32"}
@@ -69,7 +71,7 @@ def compile_kernel(dtype: str = "float16", head_dim: int = 64, has_c2p: bool = T
             signature[name] = "constexpr"
         elif name in ("MASK", "TABLE"):
             signature[name] = "*i32"
-        elif index < 8:
+        elif name in _FLOAT_POINTERS:
             signature[name] = _POINTER_TYPES[dtype]
         elif name in _FLOATS:
             signature[name] = "fp32"

@@ -119,6 +119,20 @@ INTERPRET_TILES = {1: (16, 16), 17: (16, 16), 64: (32, 32), 65: (64, 64), 130: (
 INTERPRET_PADDING = (("right", "left"), ("left", "all-pad"), ("all-pad", "right"))
 
 
+def tile_kinds(case: Case, table: np.ndarray) -> dict:
+    """How many (query tile, key tile) pairs of one (batch, head) take the kernel's window path
+    and how many its constant path (every delta of the tile's window equal), for coverage claims."""
+    span, smax = TABLE_KINDS[case.table][2], (len(table) + 1) // 2
+    counts = {"window": 0, "constant": 0}
+    for i0 in range(0, case.seq, case.block_m):
+        for j0 in range(0, case.seq, case.block_n):
+            r = i0 - j0 - (case.block_n - 1) + np.arange(case.block_m + case.block_n - 1)
+            r = r[np.abs(r) < case.seq]
+            delta = np.clip(table[r + smax - 1] + span, 0, 2 * span - 1)
+            counts["constant" if delta.min() == delta.max() else "window"] += 1
+    return counts
+
+
 def as_float32(inputs: dict) -> dict:
     """The same input values with float arrays/tensors in float32 (exact), so a reference's result is not rounded."""
     out = {}

@@ -170,7 +170,9 @@ def patched(model, backend: str = "op"):
 
     Inference only (``model.eval()``); calls that ask for attention probabilities or pass
     ``query_states`` (the enhanced mask decoder) run transformers' own forward. The
-    original forwards come back on exit, also after an exception.
+    relative positions come from the config's table (what transformers' encoder builds; a
+    ``relative_pos`` argument is not read). The original forwards come back on exit, also
+    after an exception.
     """
     attention = _backend(backend)
     modules = attention_modules(model)

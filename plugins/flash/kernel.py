@@ -69,11 +69,11 @@ DEFAULT_CONFIG = KernelConfig(32, 32, num_warps=8, num_stages=2)
 
 
 @triton.jit
-def _flash_fwd(Q, K, V, PK, PQ, MASK, TABLE, OUT,
+def _flash_fwd(Q, K, V, PK, PQ, MASK, TABLE,
                sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
                spkh, spkr, spkd, spqh, spqr, spqd, smb, sms, sob, sos, sod,
                H, S, D, P, SMAX, M_TILES,
-               c2c_factor, c2p_factor, p2c_factor,
+               c2c_factor, c2p_factor, p2c_factor, OUT,
                MASKED: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr,
                PRECISION: tl.constexpr):
@@ -147,19 +147,21 @@ def flash_attention(q, k, v, pos_key, pos_query, mask, rel_table, q_scale: float
     if dims.head_dim > FLASH_MAX_HEAD_DIM:
         raise DebertrtError(f"the DisentangledFlashAttention kernel takes head dims up to {FLASH_MAX_HEAD_DIM}, "
                             f"got {dims.head_dim}: use the reference")
+    devices = {t.device for t in (q, k, v, pos_key, pos_query, mask, rel_table) if t is not None}
+    if len(devices) != 1:
+        raise DebertrtError(f"DisentangledFlashAttention inputs are on {sorted(map(str, devices))}: move them to one device")
     config = config or DEFAULT_CONFIG
     batch, heads, seq, head_dim = dims.batch, dims.heads, dims.seq, dims.head_dim
     out = torch.empty((batch, seq, heads * head_dim), dtype=q.dtype, device=q.device)
     m_tiles = triton.cdiv(seq, config.block_m)
-    pk = pos_key if pos_key is not None else q.new_empty((1, 1, 1))   # never read when absent
-    pq = pos_query if pos_query is not None else q.new_empty((1, 1, 1))
-    rel_table = rel_table.contiguous()
+    zeros = (0, 0, 0)  # strides of an absent positional input (its pointer is None, its branch compiled out)
     _flash_fwd[(batch * heads * m_tiles,)](
-        q, k, v, pk, pq, mask, rel_table, out,
-        *q.stride(), *k.stride(), *v.stride(), *pk.stride(), *pq.stride(), *mask.stride(),
-        out.stride(0), out.stride(1), out.stride(2),
+        q, k, v, pos_key, pos_query, mask, rel_table.contiguous(),
+        *q.stride(), *k.stride(), *v.stride(),
+        *(pos_key.stride() if pos_key is not None else zeros), *(pos_query.stride() if pos_query is not None else zeros),
+        *mask.stride(), out.stride(0), out.stride(1), out.stride(2),
         heads, seq, head_dim, dims.span, dims.smax, m_tiles,
-        q_scale * k_scale * LOG2E, q_scale * pos_scale * LOG2E, pos_scale * LOG2E,
+        q_scale * k_scale * LOG2E, q_scale * pos_scale * LOG2E, pos_scale * LOG2E, out,
         MASKED=masked_score(q.dtype), HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         WINDOW=config.window, PRECISION="ieee" if dims.dtype == "float32" else "tf32",
