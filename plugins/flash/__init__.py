@@ -13,3 +13,14 @@ Modules (heavy ones import torch / triton; nothing here is imported by ``debertr
 
 The contract is ``debertrt.plugins.spec.DISENTANGLED_FLASH_ATTENTION``; see README.md here.
 """
+
+_LAZY = {"patched": "hf", "disentangled_flash_attention": "op"}
+
+
+def __getattr__(name: str):
+    """``patched`` and ``disentangled_flash_attention`` at package level, importing torch only when asked."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -91,9 +91,9 @@ def _pos_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(x.shape[0], heads, -1).permute(1, 0, 2)
 
 
-def op_inputs(module, hidden_states: torch.Tensor, rel_embeddings: torch.Tensor) -> dict:
+def op_inputs(module, hidden_states: torch.Tensor, rel_embeddings: torch.Tensor, facts: LayerFacts | None = None) -> dict:
     """q, k, v ([B, H, S, D]) and pos_key / pos_query ([H, 2P, D] or None) as the module computes them."""
-    facts = layer_facts(module)
+    facts = facts or layer_facts(module)
     h = facts.heads
     if is_v1(module):
         qkv = _heads(module.in_proj(hidden_states), h)
@@ -103,8 +103,8 @@ def op_inputs(module, hidden_states: torch.Tensor, rel_embeddings: torch.Tensor)
         pos_key = _pos_heads(module.pos_proj(rel_embeddings), h) if facts.has_c2p else None
         pos_query = None
         if facts.has_p2c:
-            pos_query = _pos_heads(module.pos_q_proj(rel_embeddings), h) / _hf_scale(facts.head_dim,
-                                                                                  1 + len(module.pos_att_type))
+            scale = _hf_scale(facts.head_dim, 1 + len(module.pos_att_type))
+            pos_query = _pos_heads(module.pos_q_proj(rel_embeddings), h) / scale
         return {"q": q, "k": k, "v": v, "pos_key": pos_key, "pos_query": pos_query}
     rel = rel_embeddings[: 2 * facts.span]
     q = _heads(module.query_proj(hidden_states), h)
@@ -195,7 +195,7 @@ def patched(model, backend: str = "op"):
             if output_attentions or query_states is not None or rel_embeddings is None:
                 return original(hidden_states, attention_mask, output_attentions, query_states=query_states,
                                 relative_pos=relative_pos, rel_embeddings=rel_embeddings)
-            inputs = op_inputs(self, hidden_states, rel_embeddings)
+            inputs = op_inputs(self, hidden_states, rel_embeddings, f)
             context = attention(inputs["q"], inputs["k"], inputs["v"], inputs["pos_key"], inputs["pos_query"],
                                 key_mask(attention_mask), table_for(f, hidden_states.shape[1], hidden_states.device),
                                 f.q_scale, f.k_scale, f.pos_scale)
