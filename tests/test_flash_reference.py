@@ -186,7 +186,7 @@ def test_interpreter_matrix_covers_both_tile_paths_and_odd_tables():
     """The CPU matrix reaches the kernel's window and constant tiles for every model table, and its
     odd tables are what they claim: jumps of more than one slot, and not monotone."""
     seen = {}
-    for case in check.interpret_cases():
+    for case in (c for c in check.interpret_cases() if c.block_m):
         table = check.rel_table(case.table, case.seq + 3, np.random.default_rng(0))
         for kind, n in check.tile_kinds(case, table).items():
             seen[(case.table, kind)] = seen.get((case.table, kind), 0) + n

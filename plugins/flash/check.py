@@ -60,12 +60,12 @@ class Case:
     table: str
     dtype: str
     padding: tuple = PADDING
-    block_m: int = 16
-    block_n: int = 16
+    block_m: int | None = None  # None: the kernel's default launch shape
+    block_n: int | None = None
 
     def name(self) -> str:
-        return (f"{self.dtype} S={self.seq} H={self.heads} D={self.head_dim} {self.table} {self.presence} "
-                f"tiles={self.block_m}x{self.block_n}")
+        tiles = f"{self.block_m}x{self.block_n}" if self.block_m else "default"
+        return f"{self.dtype} S={self.seq} H={self.heads} D={self.head_dim} {self.table} {self.presence} tiles={tiles}"
 
 
 def padding_mask(kinds, seq: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,7 +110,7 @@ def case_inputs(case: Case, rng: np.random.Generator, smax: int | None = None) -
             "rel_table": rel_table(case.table, smax or case.seq + 3, rng)}
 
 
-# Interpreter tiles per S: every S is several tiles (ragged except 64), S = 130 reaches
+# Interpreter tiles per S: every S > 1 spans several tiles (ragged except 64), S = 130 reaches
 # constant tiles for every table; the interpreter costs ~20 ms per tile whatever its size.
 INTERPRET_TILES = {1: (16, 16), 17: (16, 16), 64: (32, 32), 65: (64, 64), 130: (64, 64)}
 
@@ -160,7 +160,8 @@ def interpret_cases() -> list[Case]:
               Case(40, 2, 8, "c2p", "v2", "float32", block_m=16, block_n=16),
               Case(33, 1, 24, "p2c", "v3", "float16", block_m=16, block_n=16),
               Case(100, 2, 16, "both", "jumpy", "float32", block_m=32, block_n=32),
-              Case(70, 1, 16, "both", "random", "float32", block_m=32, block_n=32)]
+              Case(70, 1, 16, "both", "random", "float32", block_m=32, block_n=32),
+              Case(50, 2, 16, "both", "v3", "float16")]  # the default launch shape
     return cases
 
 
@@ -171,11 +172,9 @@ def gpu_cases() -> list[Case]:
             for table in GPU_TABLES:
                 presences = PRESENCE if seq <= 512 else ("both",)
                 for presence in presences:
-                    cases.append(Case(seq, 2, 64, presence, table, dtype, padding=("full",) + PADDING,
-                                      block_m=0, block_n=0))
-    cases += [Case(512, 4, d, "both", "v3-base", "float16", padding=("full",) + PADDING, block_m=0, block_n=0)
-              for d in (32, 128)]
-    cases.append(Case(512, 2, 64, "both", "v3-base", "float32", padding=("full",) + PADDING, block_m=0, block_n=0))
+                    cases.append(Case(seq, 2, 64, presence, table, dtype, padding=("full",) + PADDING))
+    cases += [Case(512, 4, d, "both", "v3-base", "float16", padding=("full",) + PADDING) for d in (32, 128)]
+    cases.append(Case(512, 2, 64, "both", "v3-base", "float32", padding=("full",) + PADDING))
     return cases
 
 
@@ -222,7 +221,8 @@ def run_interpret(cases=None, launch=None, stop_on_failure: bool = False, log=pr
         expected = reference.flash_attention(**as_float32(inputs), **SCALES)
         tensors = {k: None if a is None else torch.from_numpy(a) for k, a in inputs.items()}
         t0 = time.perf_counter()
-        got = launch(**tensors, **SCALES, config=KernelConfig(case.block_m, case.block_n))
+        config = KernelConfig(case.block_m, case.block_n) if case.block_m else None
+        got = launch(**tensors, **SCALES, config=config)
         result = judge(case, got.numpy(), expected, inputs["mask"], time.perf_counter() - t0)
         results.append(result)
         if not result.passed:
