@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core import onnx_utils as ox
+from debertrt.plugins.ort import ort_session
 from debertrt.core.compare import TaskAgreement, accuracy, predictions, row_cosines
 from debertrt.core.errors import DebertrtError, first_line
 
-from . import graph as G
 from .data import feeds
 
 
@@ -59,7 +59,7 @@ class Scorer:
         self.calls = 0
 
     def _run(self, model) -> list[dict]:
-        sess = G.session(model, self.tmp)
+        sess = ort_session(model, base_dir=self.tmp)
         names = [o.name for o in sess.get_outputs()]
         outs = []
         for k, feed in enumerate(self.feeds):

@@ -25,6 +25,7 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError
 
 from debertrt.core import onnx_utils as ox
+from debertrt.plugins.ort import ort_session
 from debertrt.plugins.graph_types import elem_types
 
 from . import graph as G
@@ -213,7 +214,7 @@ def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     result = {}
     with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
-        s32, s16 = G.session(fp32_model, tmp), G.session(fp16_model, tmp)
+        s32, s16 = ort_session(fp32_model, base_dir=tmp), ort_session(fp16_model, base_dir=tmp)
         names = [o.name for o in s32.get_outputs()]
         for k, feed in enumerate(feed_list):
             a, b = s32.run(names, feed), s16.run(names, feed)

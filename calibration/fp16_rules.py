@@ -28,7 +28,7 @@ import numpy as np
 from onnx import TensorProto
 
 from debertrt.core import onnx_utils as ox
-from debertrt.plugins.ort import is_plugin_node
+from debertrt.plugins.graph_types import is_plugin_node
 
 from .options import FP16_MAX, KEEP_FP32_OPS, Fp16Options
 from .ranges import TensorRanges

@@ -1,42 +1,18 @@
-"""ONNX helpers only the precision passes need: their report paths, in-memory sessions, and
-folding the exporter's weight transposes."""
+"""ONNX helpers only the precision passes need: their report paths and folding the exporter's
+weight transposes."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from debertrt.core import onnx_utils as ox
 from debertrt.core.artifacts import sibling
-from debertrt.core.errors import DebertrtError, first_line
 
 
 def report_paths(out_path: str | os.PathLike) -> tuple[Path, Path]:
     """A precision pass's JSON and Markdown reports beside its artifact."""
     return sibling(out_path, ".json"), sibling(out_path, ".md")
-
-
-def session(model, workdir: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session for an in-memory model (plugin nodes included), written to
-    a temporary file in ``workdir`` (which must not hold a same-named file) for the session."""
-    from debertrt.plugins.ort import ort_session
-
-    fd, tmp = tempfile.mkstemp(prefix=".calib.", suffix=".onnx", dir=str(workdir))
-    os.close(fd)
-    tmp = Path(tmp)
-    data = tmp.with_name(tmp.name + ".data")
-    try:
-        ox.write_model(model, tmp, ox.needs_external_data(model))
-        try:
-            return ort_session(tmp, threads=threads)
-        except DebertrtError:
-            raise
-        except Exception as exc:
-            raise DebertrtError(f"ONNX Runtime cannot load the graph: {first_line(exc)}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        data.unlink(missing_ok=True)
 
 
 def fold_weight_transposes(model) -> int:

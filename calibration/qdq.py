@@ -33,7 +33,7 @@ from onnx import TensorProto
 
 from debertrt.core import onnx_utils as ox
 from debertrt.core.errors import InternalError
-from debertrt.plugins.ort import is_plugin_node
+from debertrt.plugins.graph_types import is_plugin_node
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
 Q_OPS = ox.QDQ_OPS

@@ -15,9 +15,9 @@ import numpy as np
 from debertrt.core.errors import DebertrtError
 
 from debertrt.core import onnx_utils as ox
+from debertrt.plugins.ort import ort_session
 from debertrt.plugins.graph_types import value_types
 
-from . import graph as G
 
 
 @dataclass
@@ -66,7 +66,7 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     producer = ox.producers(model.graph)
     ranges = TensorRanges()
     with tempfile.TemporaryDirectory(prefix="debertrt-ranges.", dir=workdir) as tmp:
-        sess = G.session(augmented, tmp)
+        sess = ort_session(augmented, base_dir=tmp)
         del augmented
         for k, feed in enumerate(feed_list):
             try:

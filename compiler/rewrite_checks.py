@@ -83,12 +83,12 @@ def _unique(tensors):
 def _probe_session(model, base_dir: Path):
     import onnxruntime as ort
 
-    from debertrt.plugins.ort import session_for_model
+    from debertrt.plugins.ort import ort_session
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return session_for_model(model, base_dir, options)
+    return ort_session(model, base_dir, options=options)
 
 
 _NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,

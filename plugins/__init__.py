@@ -1,1 +1,1 @@
-"""The DisentangledAttention plugin: op spec, NumPy reference, ONNX Runtime op, CUDA kernel and TensorRT library."""
+"""Plugin ops: DisentangledAttention (spec, NumPy reference, ONNX Runtime op, CUDA kernel, TensorRT library) and DisentangledFlashAttention (flash/)."""

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import reference
+from . import reference, spec
 
-TOLERANCES = {"float32": 1e-6, "float16": 1e-2, "bfloat16": 1e-2}
+TOLERANCES = spec.DISENTANGLED_ATTENTION.tolerances
 SEQ_LENS = (1, 7, 63, 64, 65, 500, 512, 2048)
 ROWS = (1, 12, 96)
 SMAX = 2048

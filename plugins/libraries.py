@@ -230,7 +230,7 @@ def find_kernel_library(build_dir: str | os.PathLike | None = None, *, build_if_
         if library.is_file():
             return library
         raise PluginBuildError(f"{KERNEL_LIBRARY} not found in {directory} "
-                               "(build it with debertrt.plugins.cuda_kernel.build)")
+                               "(build it with debertrt.plugins.libraries.build)")
     result = build(directory, targets=["debertrt_kernels"])
     if result.kernel_library is None:
         raise PluginBuildError(f"the build in {directory} produced no {KERNEL_LIBRARY} (see {result.log})")

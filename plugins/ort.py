@@ -1,17 +1,18 @@
 """ONNX Runtime sessions for every graph debertrt writes, plugin graphs included.
 
-A plugin graph's ``DisentangledAttention`` nodes (domain ``debertrt``) run through the
-NumPy reference (``debertrt.plugins.reference``) as onnxruntime-extensions PyOps. The
-session is made from an in-memory copy of the model in which each plugin node becomes
-one of three PyOp variants (a PyOp has a fixed input count) in the ``ai.onnx.contrib``
-domain; the file on disk is not touched.
+A plugin graph's ``DisentangledAttention`` and ``DisentangledFlashAttention`` nodes (domain
+``debertrt``) run through their NumPy references (``debertrt.plugins.reference``,
+``debertrt.plugins.flash.reference``) as onnxruntime-extensions PyOps. The session is made
+from an in-memory copy of the model in which each plugin node becomes one of three PyOp
+variants per op (a PyOp has a fixed input count) in the ``ai.onnx.contrib`` domain; the file
+on disk is not touched. A malformed plugin node is a one-line ``DebertrtError``.
 
 PyOp limits, measured with onnxruntime-extensions 0.15.2, and how they are handled:
 
 * PyOp cannot declare float16/bfloat16 tensors (registering one aborts the process), so
-  a non-float32 plugin node gets Casts to float32 around it in the copy; the reference
-  computes in float32 anyway and the result is cast back to c2c's type, which is exactly
-  the op's contract (accumulate in fp32 whatever the I/O type).
+  a non-float32 plugin node gets Casts to float32 around its float inputs in the copy; the
+  references compute in float32 anyway and the result is cast back to the I/O type, which
+  is exactly the ops' contract (accumulate in fp32 whatever the I/O type).
 * An exception raised inside a PyOp terminates the process. The op body therefore
   catches everything, returns NaNs, and the session's ``run`` raises the recorded error.
 * A PyOp's output is returned through a Python list, so plugin graphs run slower than
@@ -25,16 +26,36 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from .spec import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
+from debertrt.core.errors import DebertrtError
+from debertrt.core.onnx_utils import attr
+
+from .graph_types import elem_types, is_plugin_node, op_spec_of
+from .spec import DISENTANGLED_ATTENTION, DISENTANGLED_FLASH_ATTENTION, OpSpec
 
 PYOP_DOMAIN = "ai.onnx.contrib"
-# PyOp variants: (has_c2p, has_p2c) -> op type in the in-memory copy.
-PYOP_TYPES = {
-    (True, True): "DebertrtDisentangledAttention_c2p_p2c",
-    (True, False): "DebertrtDisentangledAttention_c2p",
-    (False, True): "DebertrtDisentangledAttention_p2c",
+
+
+@dataclass(frozen=True)
+class PluginOp:
+    """How one plugin op runs as PyOps: its spec, PyOp name prefix and float attributes."""
+
+    spec: OpSpec
+    pyop_prefix: str
+    float_attrs: tuple[str, ...]
+    int_inputs: int  # trailing int32 inputs (the rest are float)
+
+    def pyop_type(self, has_c2p: bool, has_p2c: bool) -> str:
+        return self.pyop_prefix + "_c2p" * has_c2p + "_p2c" * has_p2c
+
+
+PLUGIN_OPS = {
+    DISENTANGLED_ATTENTION.op_type: PluginOp(DISENTANGLED_ATTENTION, "DebertrtDisentangledAttention",
+                                             ("pos_scale",), 1),
+    DISENTANGLED_FLASH_ATTENTION.op_type: PluginOp(DISENTANGLED_FLASH_ATTENTION, "DebertrtDisentangledFlashAttention",
+                                                   ("q_scale", "k_scale", "pos_scale"), 2),
 }
 
 _lock = threading.Lock()
@@ -42,22 +63,31 @@ _registered: set[str] = set()
 _errors: list[BaseException] = []
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` on the CPU for ``path``, plugin nodes included."""
+def ort_session(source, base_dir: str | os.PathLike | None = None, threads: int | None = None, options=None):
+    """An ``onnxruntime.InferenceSession`` on the CPU, plugin nodes included, for ``source``: an ONNX
+    file, or an in-memory ``ModelProto`` (not modified) whose external data, if any, lies in
+    ``base_dir``. ``options``: ``SessionOptions`` (default: quiet, ``threads`` intra-op threads)."""
     import onnx
     import onnxruntime as ort
 
-    path = Path(path)
-    options = _options(threads)
-    model = onnx.load(str(path), load_external_data=False)
+    options = options or _options(threads)
+    if isinstance(source, onnx.ModelProto):
+        model = source
+    else:
+        path = Path(source)
+        model, base_dir = onnx.load(str(path), load_external_data=False), path.parent
+        if not any(is_plugin_node(n) for n in model.graph.node):
+            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     if not any(is_plugin_node(n) for n in model.graph.node):
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    variants = plugin_model_for_ort(model)
-    register_pyops(variants)
+        return session_for_model(model, base_dir, options)
+    if model is source:
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    register_pyops(plugin_model_for_ort(model))
     import onnxruntime_extensions
 
     options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    return session_for_model(model, path.parent, options, session_class=_plugin_session_class())
+    return session_for_model(model, base_dir, options, session_class=_plugin_session_class())
 
 
 def _options(threads: int | None = None):
@@ -70,55 +100,62 @@ def _options(threads: int | None = None):
     return options
 
 
-def is_plugin_node(node) -> bool:
-    """An ONNX ``NodeProto`` of our op (by domain, or by the TensorRT plugin attributes)."""
-    if node.op_type != OP_TYPE:
-        return False
-    if node.domain == DOMAIN:
-        return True
-    return any(a.name == "plugin_namespace" and a.s.decode() == PLUGIN_NAMESPACE for a in node.attribute)
+def plugin_op(node) -> PluginOp | None:
+    """How a ``NodeProto`` of one of our plugin ops runs as PyOps, else None."""
+    spec = op_spec_of(node)
+    return PLUGIN_OPS[spec.op_type] if spec is not None else None
 
 
-def _attr(node, name, default=None):
-    from onnx import helper
+def _check_node(node, op: PluginOp) -> tuple[bool, bool, dict]:
+    """(has_c2p, has_p2c, float attributes) of a plugin node; a one-line DebertrtError if malformed."""
+    label = f"{op.spec.op_type} node {node.name!r}"
+    flags = {}
+    for name in ("has_c2p", "has_p2c"):
+        value = attr(node, name, 1)
+        if value not in (0, 1):
+            raise DebertrtError(f"{label}: {name}={value!r}, expected 0 or 1: rerun the rewrite")
+        flags[name] = bool(value)
+    if not any(flags.values()):
+        raise DebertrtError(f"{label}: has_c2p = has_p2c = 0; the op needs one positional input: rerun the rewrite")
+    names = list(node.input)
+    expected = op.spec.input_names(**flags)
+    if len(names) != len(expected) or not all(names):
+        raise DebertrtError(f"{label}: {len(names)} inputs {names} for has_c2p={flags['has_c2p']:d}, "
+                            f"has_p2c={flags['has_p2c']:d}; expected {len(expected)} ({', '.join(expected)})")
+    attrs = {}
+    for name in op.float_attrs:
+        try:
+            attrs[name] = op.spec.field(name).check(attr(node, name, 1.0))
+        except (TypeError, ValueError) as exc:
+            raise DebertrtError(f"{label}: attribute {name}: {exc}") from exc
+    return flags["has_c2p"], flags["has_p2c"], attrs
 
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
-
-def plugin_model_for_ort(model) -> set[tuple[bool, bool]]:
-    """Turn ``model``'s plugin nodes (in place) into PyOp nodes; returns the variants used."""
+def plugin_model_for_ort(model) -> set[tuple[str, bool, bool]]:
+    """Turn ``model``'s plugin nodes (in place) into PyOp nodes; returns the (op type, has_c2p, has_p2c) used."""
     from onnx import TensorProto, helper
 
     graph = model.graph
-    types = _tensor_types(model)
+    types = elem_types(model)
     variants = set()
     new_nodes = []
     for node in graph.node:
-        if not is_plugin_node(node):
+        op = plugin_op(node)
+        if op is None:
             new_nodes.append(node)
             continue
-        has_c2p = bool(_attr(node, "has_c2p", 1))
-        has_p2c = bool(_attr(node, "has_p2c", 1))
-        names = [n for n in node.input if n]
-        expected = 2 + has_c2p + has_p2c
-        if len(names) != expected or not (has_c2p or has_p2c):
-            raise ValueError(f"plugin node {node.name!r}: {len(names)} inputs for has_c2p={has_c2p:d}, "
-                             f"has_p2c={has_p2c:d} (expected {expected})")
-        variants.add((has_c2p, has_p2c))
-        pos_scale = float(_attr(node, "pos_scale", 1.0))
-        float_type = types.get(names[0], TensorProto.FLOAT)
-        inputs, out = list(names), node.output[0]
+        has_c2p, has_p2c, attrs = _check_node(node, op)
+        variants.add((op.spec.op_type, has_c2p, has_p2c))
+        float_type = types.get(node.input[0], TensorProto.FLOAT)
+        inputs, out = list(node.input), node.output[0]
         if float_type != TensorProto.FLOAT:
-            for k in range(len(inputs) - 1):
+            for k in range(len(inputs) - op.int_inputs):
                 cast = f"{node.name or out}/pyop_in{k}_f32"
                 new_nodes.append(helper.make_node("Cast", [inputs[k]], [cast], name=cast, to=TensorProto.FLOAT))
                 inputs[k] = cast
             out = f"{node.output[0]}/pyop_f32"
-        new_nodes.append(helper.make_node(PYOP_TYPES[(has_c2p, has_p2c)], inputs, [out], name=node.name,
-                                          domain=PYOP_DOMAIN, pos_scale=pos_scale))
+        new_nodes.append(helper.make_node(op.pyop_type(has_c2p, has_p2c), inputs, [out], name=node.name,
+                                          domain=PYOP_DOMAIN, **attrs))
         if float_type != TensorProto.FLOAT:
             new_nodes.append(helper.make_node("Cast", [out], [node.output[0]], name=f"{node.name or out}/pyop_out",
                                               to=float_type))
@@ -130,74 +167,69 @@ def plugin_model_for_ort(model) -> set[tuple[bool, bool]]:
     return variants
 
 
-def _tensor_types(model) -> dict[str, int]:
-    """Element types of tensors, with plugin nodes seen as Identity(c2c) for shape inference."""
-    import onnx
-    from onnx import helper
-
-    types = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    plugin_inputs = [n.input[0] for n in model.graph.node if is_plugin_node(n)]
-    if all(name in types for name in plugin_inputs):
-        return types
-    scratch = onnx.ModelProto()
-    scratch.CopyFrom(model)
-    for init in scratch.graph.initializer:  # types only: keep dims and type, drop the bytes
-        init.ClearField("raw_data")
-        for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
-            init.ClearField(f)
-        init.ClearField("external_data")
-        init.data_location = onnx.TensorProto.DEFAULT
-    for i, node in enumerate(scratch.graph.node):
-        if is_plugin_node(node):
-            scratch.graph.node[i].CopyFrom(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(scratch)
-    except Exception:  # a graph shape inference cannot follow: fall back to float32
-        return types
-    for vi in inferred.graph.value_info:
-        if vi.type.tensor_type.elem_type:
-            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
-    return types
-
-
 def register_pyops(variants) -> None:
     """Register the PyOp variants with onnxruntime-extensions, once per process."""
     with _lock:
-        for has_c2p, has_p2c in sorted(variants):
-            op_type = PYOP_TYPES[(has_c2p, has_p2c)]
-            if op_type in _registered:
+        for op_type, has_c2p, has_p2c in sorted(variants):
+            op = PLUGIN_OPS[op_type]
+            pyop_type = op.pyop_type(has_c2p, has_p2c)
+            if pyop_type in _registered:
                 continue
             from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-            inputs = [PyCustomOpDef.dt_float] * (1 + has_c2p + has_p2c) + [PyCustomOpDef.dt_int32]
-            onnx_op(op_type=op_type, inputs=inputs, outputs=[PyCustomOpDef.dt_float],
-                    attrs={"pos_scale": PyCustomOpDef.dt_float})(_kernel(has_c2p, has_p2c))
-            _registered.add(op_type)
+            floats = len(op.spec.input_names(has_c2p=has_c2p, has_p2c=has_p2c)) - op.int_inputs
+            inputs = [PyCustomOpDef.dt_float] * floats + [PyCustomOpDef.dt_int32] * op.int_inputs
+            onnx_op(op_type=pyop_type, inputs=inputs, outputs=[PyCustomOpDef.dt_float],
+                    attrs={name: PyCustomOpDef.dt_float for name in op.float_attrs})(_kernel(op, has_c2p, has_p2c))
+            _registered.add(pyop_type)
 
 
-def _kernel(has_c2p: bool, has_p2c: bool):
-    def disentangled_attention_pyop(*args, pos_scale: float = 1.0):
+def _gather_reference(c2c, *rest, has_c2p: bool, has_p2c: bool, pos_scale: float = 1.0):
+    from .reference import disentangled_attention
+
+    rest = list(rest)
+    c2p = rest.pop(0) if has_c2p else None
+    p2c = rest.pop(0) if has_p2c else None
+    return disentangled_attention(c2c, c2p, p2c, rest[0], pos_scale)
+
+
+def _flash_reference(q, k, v, *rest, has_c2p: bool, has_p2c: bool, **scales):
+    from .flash.reference import flash_attention
+
+    rest = list(rest)
+    pos_key = rest.pop(0) if has_c2p else None
+    pos_query = rest.pop(0) if has_p2c else None
+    return flash_attention(q, k, v, pos_key, pos_query, rest[0], rest[1], **scales)
+
+
+_REFERENCES = {DISENTANGLED_ATTENTION.op_type: _gather_reference,
+               DISENTANGLED_FLASH_ATTENTION.op_type: _flash_reference}
+
+
+def _failure_shape(op_type: str, args) -> tuple:
+    """The output shape to fill with NaN when the reference fails (what the op would have returned)."""
+    import numpy as np
+
+    shape = np.shape(args[0])
+    if op_type == DISENTANGLED_FLASH_ATTENTION.op_type and len(shape) == 4:
+        return (shape[0], shape[2], shape[1] * shape[3])
+    return shape
+
+
+def _kernel(op: PluginOp, has_c2p: bool, has_p2c: bool):
+    reference = _REFERENCES[op.spec.op_type]
+
+    def plugin_pyop(*args, **attrs):
         import numpy as np
 
         try:
-            from .reference import disentangled_attention
-
-            c2c = args[0]
-            rest = list(args[1:-1])
-            c2p = rest.pop(0) if has_c2p else None
-            p2c = rest.pop(0) if has_p2c else None
-            return disentangled_attention(c2c, c2p, p2c, args[-1], pos_scale).astype(np.float32)
+            return reference(*args, has_c2p=has_c2p, has_p2c=has_p2c, **attrs).astype(np.float32)
         except BaseException as exc:  # raising here would abort the whole process (see module doc)
             with _lock:
                 _errors.append(exc)
-            return np.full(np.shape(args[0]), np.nan, dtype=np.float32)
+            return np.full(_failure_shape(op.spec.op_type, args), np.nan, dtype=np.float32)
 
-    return disentangled_attention_pyop
+    return plugin_pyop
 
 
 def _take_errors() -> list[BaseException]:
@@ -238,30 +270,33 @@ def _plugin_session_class():
 
 
 def _op_error(exc: BaseException):
-    from debertrt.core.errors import DebertrtError
+    if isinstance(exc, DebertrtError):
+        return exc
+    return DebertrtError(f"a plugin reference op failed: {type(exc).__name__}: {exc}")
 
-    return DebertrtError(f"the DisentangledAttention reference op failed: {type(exc).__name__}: {exc}")
 
-
-def session_for_model(model, base_dir: str | os.PathLike, options=None, session_class=None):
-    """A CPU session for an in-memory ``model`` whose external data (if any) lies in ``base_dir``.
-
-    Models with external data are written to a hidden temporary file beside their data
-    (removed once the session has loaded it); others go to ONNX Runtime as bytes.
-    """
-    import onnx
+def session_for_model(model, base_dir: str | os.PathLike | None, options=None, session_class=None):
+    """A CPU session for an in-memory ``model``: as bytes when it can be, else through a hidden
+    temporary file in ``base_dir`` (beside its external data, or with its weights written as
+    external data when the protobuf would pass the 2 GiB limit), removed once the session has loaded."""
     import onnxruntime as ort
-    from onnx.external_data_helper import uses_external_data
+
+    from debertrt.core.onnx_utils import needs_external_data, uses_external_data, write_model
 
     session_class = session_class or ort.InferenceSession
     options = options or _options()
     providers = ["CPUExecutionProvider"]
-    if not any(uses_external_data(t) for t in model.graph.initializer):
+    external, big = uses_external_data(model), needs_external_data(model)
+    if not external and not big:
         return session_class(model.SerializeToString(), sess_options=options, providers=providers)
+    if base_dir is None:
+        raise DebertrtError("an in-memory model with external data needs the folder of its data (base_dir)")
     fd, tmp = tempfile.mkstemp(prefix=".session.", suffix=".onnx", dir=str(base_dir))
     os.close(fd)
+    tmp = Path(tmp)
     try:
-        onnx.save_model(model, tmp)
-        return session_class(tmp, sess_options=options, providers=providers)
+        write_model(model, tmp, external=big)  # weights held in memory go beside it; external refs stay
+        return session_class(str(tmp), sess_options=options, providers=providers)
     finally:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)

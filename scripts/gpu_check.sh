@@ -10,12 +10,25 @@
 #   4. compute-sanitizer memcheck, racecheck, synccheck, initcheck on the self-test (--quick)
 #   5. compute-sanitizer memcheck of python + torch calling the kernel (3 tiny cases; optional,
 #      time-limited: a timeout is reported, not counted as a failure)
+#   F1. DisentangledFlashAttention Triton kernel: correctness matrix vs the float32 torch reference
+#      (fp16/bf16, S in {1, 63, 64, 65, 500, 512, 2048}, padding kinds)      (scripts/flash_check.py gpu)
+#   F2. attention benchmark, all peers side by side (ms, TFLOP/s; optional)  (scripts/bench_attention.py)
+#   F1/F2 run right after the build (F2's gather-plugin peer uses the library it made).
+#
+# Peers that PyPI has and this machine lacks travel as wheels: put them in $REPO/.whl/ (ignored
+# by git) on a machine with pip, e.g.
+#   python3 -m pip download --no-deps -d .whl flashdeberta==0.0.8 disentangled-flash==1.1.1
+# (both are py3-none-any; their other needs, torch/triton/einops/transformers, are on the GPU
+# image). This script installs whatever .whl/ holds into a temporary --target and puts it on
+# PYTHONPATH; nothing is fetched.
 #
 # Usage: scripts/gpu_check.sh [OUT_DIR]
 #   results go to $OUT if set, else OUT_DIR, else ./debertrt-out/gpu_check:
 #   summary.txt, summary.json, kernel_check.json, one <step>.log per step.
 # Env: DEBERTRT_BUILD_DIR (default: a new temp dir), DEBERTRT_CUDA_ARCHITECTURES (CMake syntax),
-#      DEBERTRT_GPU_CHECK_QUICK=1 (smaller matrix), DEBERTRT_GPU_CHECK_NO_COMPILE=1 (skip torch.compile).
+#      DEBERTRT_GPU_CHECK_QUICK=1 (smaller matrix), DEBERTRT_GPU_CHECK_NO_COMPILE=1 (skip torch.compile),
+#      DEBERTRT_GPU_CHECK_ONLY=flash (only F1/F2: no CMake build, no CUDA plugin checks).
+# Time: each step has a limit (run_step's third argument); F1 240 s, F2 300 s.
 # Exit: 0 every required step passed, 1 a required step failed, 2 the build could not run.
 set -uo pipefail
 
@@ -103,6 +116,31 @@ fi
   python3 -c 'import transformers; print("transformers", transformers.__version__)' 2>&1
 } | tee "$OUT_DIR/environment.txt" | tee -a "$SUMMARY_TXT"
 
+# ---- wheels carried for the benchmark's peers ---------------------------------------------------
+if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
+  WHEEL_SITE=$(mktemp -d /tmp/debertrt-wheels.XXXXXX)
+  if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WHEEL_SITE" \
+    "$REPO"/.whl/*.whl 2>&1 | tee -a "$SUMMARY_TXT"; then
+    export PYTHONPATH="$WHEEL_SITE${PYTHONPATH:+:$PYTHONPATH}"
+    note "wheels from .whl/ installed into $WHEEL_SITE: $(cd "$REPO/.whl" && ls -- *.whl | tr '\n' ' ')"
+  fi
+fi
+
+flash_steps() {  # F1, F2; $1: the kernel library for the gather-plugin peer, if any
+  run_step flash_check 1 240 python3 "$REPO/scripts/flash_check.py" gpu --json "$OUT_DIR/flash_check.json"
+  local args=(--json "$OUT_DIR/bench_attention.json")
+  [[ -n ${1:-} ]] && args+=(--kernel-library "$1")
+  [[ ${DEBERTRT_GPU_CHECK_NO_COMPILE:-0} == 1 ]] && args+=(--no-compile)
+  run_step bench_attention 0 300 python3 "$REPO/scripts/bench_attention.py" "${args[@]}"
+}
+
+if [[ ${DEBERTRT_GPU_CHECK_ONLY:-} == flash ]]; then
+  flash_steps ""
+  write_summary_json
+  note "overall: $([[ $failed == 0 ]] && echo PASS || echo FAIL); results in $OUT_DIR"
+  exit $failed
+fi
+
 if ! command -v nvcc > /dev/null 2>&1 || ! command -v cmake > /dev/null 2>&1; then
   note "nvcc or cmake not found: cannot build"
   skip_step build "nvcc or cmake missing"
@@ -124,6 +162,9 @@ fi
 KERNEL_LIB=$BUILD_DIR/libdebertrt_kernels.so
 SELFTEST=$BUILD_DIR/debertrt_kernel_selftest
 nm -D --defined-only "$KERNEL_LIB" 2>&1 | grep debertrt_ | tee -a "$SUMMARY_TXT"
+
+# ---- F1, F2: the fused Triton kernel (before the long sanitizer runs) -------------------------
+flash_steps "$KERNEL_LIB"
 
 # ---- 2. C++ self-test -----------------------------------------------------------------------
 run_step selftest 1 300 "$SELFTEST"

@@ -381,6 +381,7 @@ def test_bench_script_runs_from_a_bare_checkout_without_gpu(tmp_path):
     checkout = tmp_path / "checkout"
     for folder in ("core", "plugins", "scripts"):
         shutil.copytree(REPO / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__", "build"))
+    shutil.copy(REPO / "pyproject.toml", checkout / "pyproject.toml")
     # Hide the installed (editable) package so the script's own shim is what imports kernel_check.
     code = ("import sys, runpy; "
             "sys.meta_path = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]; "

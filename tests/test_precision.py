@@ -14,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from debertrt.calibration import graph as G
 from debertrt.calibration.fp16 import to_fp16
 from debertrt.calibration.graph import report_paths
 from debertrt.calibration.int8 import accuracy_fallback, check_placement, quantize_int8
 from debertrt.calibration.options import Int8Options
 from debertrt.core import onnx_utils as ox
+from debertrt.plugins.ort import ort_session
 from debertrt.core import trained
 from debertrt.core.data import Dataset, text_dataset
 from debertrt.core.errors import DebertrtError
@@ -193,8 +193,8 @@ def test_fp16_islands_follow_measured_ranges(tmp_path):
     assert "embed" not in reasons and "tanh" not in reasons
     conv = onnx.load(str(out))
     assert types_of(conv)["x"] == FLOAT16 and types_of(conv)["t"] == FLOAT16
-    sess_ref = G.session(model, tmp_path)
-    sess = G.session(conv, tmp_path)
+    sess_ref = ort_session(model, base_dir=tmp_path)
+    sess = ort_session(conv, base_dir=tmp_path)
     feed = data.batches[0]
     want, got = sess_ref.run(None, feed)[0], sess.run(None, feed)[0]
     assert np.isfinite(got).all() and np.abs(want - got).max() < 1e-2
