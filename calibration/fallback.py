@@ -49,7 +49,9 @@ class Scorer:
         self.input_names = [i.name for i in fp32_model.graph.input]
         self.feeds = feeds(dataset, self.input_names)
         self.reference = self._run(fp32_model)
-        self.labels = dataset.labels if (dataset.labels is not None and task == "sequence-classification") else None
+        from debertrt.core.compare import LABELLED_TASKS
+
+        self.labels = dataset.labels if (dataset.labels is not None and task in LABELLED_TASKS) else None
         self.metric = "accuracy" if self.labels is not None else "agreement"
         self.fp32 = self.score_outputs(self.reference)
         self.calls = 0

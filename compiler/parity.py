@@ -68,6 +68,8 @@ def check_artifact(ref: ReferenceModel, path: Path, dataset: Dataset, reference:
 
     per_output, errors = {}, {}
     agreement = TaskAgreement(ref.task)
+    if dataset.windows is not None:  # long examples split into windows: their answers merged back
+        agreement.add(*dataset.windows.agreement(reference, outputs))
     for feed, expected, got in zip(dataset.batches, reference, outputs):
         mask = feed["attention_mask"]
         agreement.update(expected, got, mask)

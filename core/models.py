@@ -1,7 +1,12 @@
-"""Reference models: a local checkpoint directory or a built-in tiny preset, with one of five heads.
+"""Reference models: a local checkpoint directory or a built-in tiny preset, with one of six heads.
 
 The PyTorch fp32 model loaded here is the reference every compiled artifact is judged
 against.
+
+Length rule: a model with an absolute position table (``position_biased_input=True``: some v1
+and v2 configs) takes at most ``max_position_embeddings`` tokens; one without (every v3 and
+mDeBERTa-v3, v2-xlarge, v1 base/large) has only relative positions and takes any length
+(``max_sequence`` is then None).
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sequence-classification": ("AutoModelForSequenceClassification", ("logits",)),
     "token-classification": ("AutoModelForTokenClassification", ("logits",)),
     "question-answering": ("AutoModelForQuestionAnswering", ("start_logits", "end_logits")),
+    "multiple-choice": ("AutoModelForMultipleChoice", ("logits",)),
 }
+# Tasks whose inputs are [batch, choices, sequence] (one row of tokens per choice); all others take
+# [batch, sequence].
+CHOICE_TASKS = frozenset({"multiple-choice"})
 
 SUPPORTED_MODEL_TYPES = ("deberta", "deberta-v2")
 
@@ -71,6 +80,7 @@ class ReferenceModel:
     config: object                 # transformers PretrainedConfig
     module: object                 # torch.nn.Module
     tokenizer: object | None = None
+    tokenizer_source: str | None = None  # where the tokenizer came from (tokenizer.json, converted, slow ...)
     # a preset's own held-out examples: purpose ("calibration", "fallback", "parity") -> ``data.Dataset``,
     # disjoint sets used when no data file is given
     own_data: object | None = None
@@ -84,8 +94,13 @@ class ReferenceModel:
         return TASKS[self.task][1]
 
     @property
-    def max_sequence(self) -> int:
-        return int(self.config.max_position_embeddings)
+    def input_axes(self) -> tuple[str, ...]:
+        return input_axes(self.task)
+
+    @property
+    def max_sequence(self) -> int | None:
+        """The longest sequence the model takes, or None when it takes any length (see the length rule)."""
+        return max_sequence_of(self.config)
 
     @property
     def version(self) -> str:
@@ -118,6 +133,22 @@ class ReferenceModel:
 def input_names(config) -> tuple[str, ...]:
     names = ("input_ids", "attention_mask")
     return names + ("token_type_ids",) if getattr(config, "type_vocab_size", 0) > 0 else names
+
+
+def input_axes(task: str) -> tuple[str, ...]:
+    """The axes of every input of ``task``'s model."""
+    return ("batch", "choices", "sequence") if task in CHOICE_TASKS else ("batch", "sequence")
+
+
+def has_absolute_positions(config) -> bool:
+    """Whether the embeddings add a position table of ``max_position_embeddings`` rows (transformers
+    reads ``position_biased_input`` with a default of True for v1 and v2 alike)."""
+    return bool(getattr(config, "position_biased_input", True))
+
+
+def max_sequence_of(config) -> int | None:
+    """``max_position_embeddings`` for a model with absolute positions; None (any length) without."""
+    return int(config.max_position_embeddings) if has_absolute_positions(config) else None
 
 
 def model_version(config) -> str:
@@ -178,6 +209,7 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
         overrides.update(config_overrides or {})
         config = preset_config(model, **overrides)
         _check_supported(config, model)
+        check_task_for(config, task, model)
         return ReferenceModel(model, task, config, build_from_config(config, task))
     return _load_checkpoint(Path(model), task)
 
@@ -203,6 +235,7 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
     except Exception as exc:  # transformers raises several types for a bad config
         raise DebertrtError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from exc
     _check_supported(config, str(path))
+    check_task_for(config, task, str(path))
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
         raise DebertrtError(f"{str(path)!r} has no weights (*.safetensors or *.bin): save the model with save_pretrained")
@@ -210,20 +243,41 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
         module = _auto_class(task).from_pretrained(path, local_files_only=True)
     except Exception as exc:
         raise DebertrtError(f"cannot load {task} weights from {str(path)!r}: {first_line(exc)}") from exc
-    return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=_load_tokenizer(path))
+    tokenizer, source = _load_tokenizer(path)
+    return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=tokenizer,
+                          tokenizer_source=source)
 
 
-def _load_tokenizer(path: Path):
-    """The checkpoint's tokenizer (DebertaTokenizer / DebertaV2Tokenizer, fast or not), if it has one."""
+def _load_tokenizer(path: Path) -> tuple[object | None, str | None]:
+    """The checkpoint's tokenizer and where it came from: the fast one (from tokenizer.json, or
+    converted from spm.model / vocab files), else the slow one, saying why."""
     names = ("tokenizer.json", "tokenizer_config.json", "spm.model", "vocab.json")
-    if not any((path / n).is_file() for n in names):
-        return None
+    found = [n for n in names if (path / n).is_file()]
+    if not found:
+        return None, None
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+        fast_error = None
+    except Exception as exc:  # conversion to a fast tokenizer can fail in several ways
+        tokenizer, fast_error = None, first_line(exc)
+    if tokenizer is not None and getattr(tokenizer, "is_fast", False):
+        vocabularies = [n for n in found if n in ("spm.model", "vocab.json")] or ["the slow tokenizer's files"]
+        source = "tokenizer.json" if "tokenizer.json" in found else f"converted from {vocabularies[0]}"
+        return tokenizer, source
+    try:
+        slow = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=False)
     except Exception as exc:
         raise DebertrtError(f"cannot load the tokenizer in {str(path)!r}: {first_line(exc)}") from exc
+    return slow, f"slow: {fast_error or 'no fast tokenizer for this checkpoint'}"
+
+
+def check_task_for(config, task: str, where: str) -> None:
+    """Refuse a task the model family has no head for (transformers has no DebertaForMultipleChoice)."""
+    if task in CHOICE_TASKS and getattr(config, "model_type", None) == "deberta":
+        raise DebertrtError(f"{where}: DeBERTa v1 has no multiple-choice head in transformers (there is no "
+                            f"DebertaForMultipleChoice); use a DeBERTa-v2/v3 or mDeBERTa checkpoint for --task {task}")
 
 
 def _check_supported(config, where: str) -> None:
