@@ -320,6 +320,9 @@ def _cmd_calibrate(args) -> int:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["fp32_by_kind"].items()))
         print(f"wrote {result.path}: {s['nodes_fp16']} nodes fp16, {s['nodes_fp32']} fp32 ({kinds}), "
               f"{s['casts_inserted']} casts (report {result.report.name})")
+        for island in s["above_range"]:
+            print(f"  beyond the fp16 range threshold, kept fp32: {island['where']} ({island['nodes']} nodes, "
+                  f"|x| up to {island['max_abs']:.4g})")
         return 0
 
     from debertrt.calibration.int8 import quantize_int8

@@ -127,6 +127,16 @@ def render_markdown(result: dict) -> str:
         for c in e["criteria"]:
             lines.append(f"| {name} | {c['criterion']} | {c['output']} | {fmt(c['value'], 6)} | {c['limit']} | "
                          f"{'pass' if c['passed'] else '**FAIL**'} |")
+    lines += ["", "## Padding extremes", "",
+              "One batch of full, right- and left-padded rows, single tokens and a row of padding only; every "
+              "output finite at every position, and each row equal to a batch-of-one run of itself (criteria above).",
+              "", "| artifact | rows | lengths | left-padded | status |", "|---|---|---|---|---|"]
+    for e in result["artifacts"]:
+        p = e.get("padding")
+        if p:
+            status = "ran" if p["status"] == "ran" else f"not run: {p['reason']}"
+            lines.append(f"| {Path(e['path']).name} | {p['rows']} | {', '.join(map(str, p['lengths']))} | "
+                         f"{p['left_padded']} | {status} |")
     lines += ["", "## Task agreement with the reference", "",
               "| artifact | agreement | metric | reference | artifact |", "|---|---|---|---|---|"]
     for e in result["artifacts"]:

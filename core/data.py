@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DebertrtError
-from .models import ReferenceModel
+from .log import logger
+from .models import POOLED_TASKS, ReferenceModel
 
 DATA_SUFFIXES = (".txt", ".jsonl", ".csv")
 # Random token batches: how many, how large, how long (unless a run says otherwise).
@@ -84,8 +85,8 @@ def check_sequence(ref: ReferenceModel, sequence: int) -> None:
     if ref.max_sequence is not None and sequence > ref.max_sequence:
         raise DebertrtError(
             f"sequence length {sequence} exceeds the model's maximum {ref.max_sequence}: {ref.name} has an absolute "
-            f"position table (position_biased_input, max_position_embeddings {ref.max_sequence}); use "
-            f"--max-length {ref.max_sequence} or less (with --truncate or --stride for longer texts)")
+            f"position table (position_biased_input, max_position_embeddings {ref.max_sequence}); keep --max-length "
+            f"and --profile sequence=… at {ref.max_sequence} or less (--truncate or --stride for longer texts)")
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,13 @@ class TokenSpace:
     pad_token_id: int = 0
     type_vocab_size: int = 0  # token_type_ids are random types below this, zeros when 0
     multiple_choice: bool = False  # inputs [batch, choices, sequence]
+    left_padding: bool = True  # random rows may be padded at the start (not for heads that read position 0)
 
     @classmethod
     def of(cls, ref: ReferenceModel) -> "TokenSpace":
         return cls(tuple(ref.input_names), int(ref.config.vocab_size),
                    int(getattr(ref.config, "pad_token_id", 0) or 0), int(getattr(ref.config, "type_vocab_size", 0)),
-                   multiple_choice=len(ref.input_axes) == 3)
+                   multiple_choice=len(ref.input_axes) == 3, left_padding=ref.task not in POOLED_TASKS)
 
 
 def token_rows(space: TokenSpace, lengths, left, sequence: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -140,12 +142,12 @@ def token_batch(space: TokenSpace, batch: int, sequence: int, rng: np.random.Gen
 
     Row 0 keeps the full length and row 1 has a single token, so every position and the shortest
     input are checked; each other row is padded with probability ``pad_fraction`` to a random length,
-    at the start with probability ``left_fraction``, else at the end."""
+    at the start with probability ``left_fraction`` (where ``space.left_padding``), else at the end."""
     rows = batch * (choices if space.multiple_choice else 1)
     lengths = np.full(rows, sequence)
     padded = rng.random(rows) < pad_fraction
     lengths[padded] = rng.integers(1, sequence + 1, size=int(padded.sum()))
-    left = padded & (rng.random(rows) < left_fraction)
+    left = padded & (rng.random(rows) < (left_fraction if space.left_padding else 0.0))
     lengths[0], left[0] = sequence, False
     if rows > 1:
         lengths[1] = 1
@@ -333,6 +335,10 @@ def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int =
         check_sequence(ref, max_length)
     limit = max_length or ref.max_sequence
     tokenizer = ref.tokenizer
+    if ref.task in POOLED_TASKS and tokenizer.padding_side == "left":
+        logger.warning("%s pads on the left, but the %s head reads the first position: padded examples are "
+                       "judged on a pad token's output (as in PyTorch); save the tokenizer with "
+                       "padding_side='right'", type(tokenizer).__name__, ref.task)
     windows = None
     if text.stride is not None:
         rows, windows = W.split(tokenizer, ref.task, texts, limit, text.stride)

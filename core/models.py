@@ -31,6 +31,9 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
 # Tasks whose inputs are [batch, choices, sequence] (one row of tokens per choice); all others take
 # [batch, sequence].
 CHOICE_TASKS = frozenset({"multiple-choice"})
+# Tasks whose head reads the first position (DeBERTa's ContextPooler): under left padding that is a
+# pad token, so their predictions on left-padded rows mean nothing (in PyTorch too).
+POOLED_TASKS = frozenset({"sequence-classification", "multiple-choice"})
 
 SUPPORTED_MODEL_TYPES = ("deberta", "deberta-v2")
 
@@ -218,7 +221,23 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
 # ReferenceModel (imported only when asked for).
 EXTRA_PRESETS: dict[str, str] = {
     "tiny-deberta-v3-trained": "debertrt.core.trained:load",
+    "tiny-deberta-v3-hot-ffn": "debertrt.core.models:load_hot_ffn",
 }
+
+# ``tiny-deberta-v3-hot-ffn``: tiny-deberta-v3 with one feed-forward block's input weights scaled
+# up, so that block's activations exceed the fp16 range (65504) in known places, as mDeBERTa-v3's
+# and v2-xlarge's do: the fp16 pass must keep them in fp32 islands.
+HOT_FFN = {"module": "encoder.layer.1.intermediate.dense", "scale": 3e4}
+
+
+def load_hot_ffn(task: str) -> ReferenceModel:
+    import torch
+
+    ref = load_model("tiny-deberta-v3", task)
+    with torch.no_grad():
+        ref.module.base_model.get_submodule(HOT_FFN["module"]).weight.mul_(HOT_FFN["scale"])
+    ref.name = "tiny-deberta-v3-hot-ffn"
+    return ref
 
 
 def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
@@ -273,9 +292,14 @@ def _load_tokenizer(path: Path) -> tuple[object | None, str | None]:
     return slow, f"slow: {fast_error or 'no fast tokenizer for this checkpoint'}"
 
 
+def tasks_for(model_type: str) -> tuple[str, ...]:
+    """The tasks transformers has a head for in a model family (v1 has no multiple choice)."""
+    return tuple(t for t in TASKS if not (model_type == "deberta" and t in CHOICE_TASKS))
+
+
 def check_task_for(config, task: str, where: str) -> None:
     """Refuse a task the model family has no head for (transformers has no DebertaForMultipleChoice)."""
-    if task in CHOICE_TASKS and getattr(config, "model_type", None) == "deberta":
+    if task not in tasks_for(getattr(config, "model_type", None)):
         raise DebertrtError(f"{where}: DeBERTa v1 has no multiple-choice head in transformers (there is no "
                             f"DebertaForMultipleChoice); use a DeBERTa-v2/v3 or mDeBERTa checkpoint for --task {task}")
 

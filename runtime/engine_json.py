@@ -130,7 +130,8 @@ class EngineMetadata:
         elif choices is not None and most is not None and choices > most:
             why = f"{choices} choices exceed the engine's maximum {most}"
         else:
-            why = f"shape {list(shape)} is outside every optimization profile"
+            axes = ("batch", "choices", "sequence") if rank == 3 else ("batch", "sequence")
+            why = f"{' x '.join(f'{a} {n}' for a, n in zip(axes, shape))} is outside every optimization profile"
         raise DebertrtError(f"{self.plan_path.name}: {why} (profiles {self.profile_text()}); truncate or split "
                             f"the inputs, or rebuild with a larger --profile")
 
