@@ -63,7 +63,7 @@ def shape_summary(batches: list[dict]) -> dict:
     left = partial & (np.concatenate([r[:, 0] for r in rows]) == 0)
     right = partial & ~left
     padded_lengths = sorted({int(m.shape[-1]) for m in masks})
-    return {"lengths": {"min": int(real.min(initial=0)), "max": int(real.max(initial=0)),
+    return {"lengths": {"min": int(real.min()), "max": int(real.max()),
                         "padded_to": padded_lengths},
             "padding": {"rows": int(len(real)), "full": int(full.sum()), "right_padded": int(right.sum()),
                         "left_padded": int(left.sum()), "length_1": int((real == 1).sum()),
