@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core import onnx_utils as ox
+from debertrt.core.compare import LABELLED_TASKS, TaskAgreement, accuracy, predictions, row_cosines
 from debertrt.core.errors import DebertrtError, first_line
 
 from . import graph as G
@@ -49,10 +50,11 @@ class Scorer:
         self.input_names = [i.name for i in fp32_model.graph.input]
         self.feeds = feeds(dataset, self.input_names)
         self.reference = self._run(fp32_model)
-        from debertrt.core.compare import LABELLED_TASKS
-
         self.labels = dataset.labels if (dataset.labels is not None and task in LABELLED_TASKS) else None
-        self.metric = "accuracy" if self.labels is not None else "agreement"
+        if self.labels is not None:
+            self.metric = "accuracy"
+        else:  # agreement with fp32's predictions; a model that predicts nothing (base): its hidden states' cosine
+            self.metric = "agreement" if predictions(task or "", self.reference[0]) else "cosine"
         self.fp32 = self.score_outputs(self.reference)
         self.calls = 0
 
@@ -72,22 +74,17 @@ class Scorer:
 
     def score_outputs(self, outputs: list[dict]) -> tuple[float, float]:
         """(task metric, mean squared output error vs fp32)."""
-        from debertrt.core.compare import TaskAgreement, accuracy
-
         err = float(np.mean([np.mean((o[n] - r[n]) ** 2) for o, r in zip(outputs, self.reference) for n in o]))
         if self.metric == "accuracy":
             return accuracy(self.task, outputs, self.labels)["value"], err
-        if self.task is not None:
+        if self.metric == "agreement":
             agreement = TaskAgreement(self.task)
             for feed, ref, out in zip(self.feeds, self.reference, outputs):
                 agreement.update(ref, out, feed["attention_mask"])
-            headline = agreement.headline()
-            if headline is not None:
-                return headline, err
-        # unknown task: argmax of the first output over its last axis
-        name = next(iter(outputs[0]))
-        hits = [np.mean(o[name].argmax(-1) == r[name].argmax(-1)) for o, r in zip(outputs, self.reference)]
-        return float(np.mean(hits)), err
+            return agreement.headline(), err
+        cosines = [row_cosines(r[n], o[n], feed["attention_mask"])
+                   for feed, r, o in zip(self.feeds, self.reference, outputs) for n in o]
+        return float(np.mean(np.concatenate(cosines))), err
 
     def __call__(self, model) -> tuple[float, float]:
         self.calls += 1

@@ -16,6 +16,8 @@ from debertrt.core import log
 from debertrt.core.data import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, DEFAULT_RANDOM_LENGTH
 from debertrt.core.errors import DebertrtError
 
+from . import commands
+
 DEFAULT_MODEL = "tiny-deberta-v3"
 DEFAULT_TASK = "sequence-classification"
 DEFAULT_OUT = "debertrt-out"
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _export_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.set_defaults(run=_cmd_export)
+    p.set_defaults(run=commands.export)
 
     p = sub.add_parser("rewrite", help="DIR/model.onnx -> DIR/model.plugin.onnx (one DisentangledAttention node per layer)")
     p.add_argument("onnx", type=Path, help="a model.onnx written by 'debertrt export' (its manifest.json gives the config)")
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequence", type=_positive, default=None, metavar="N",
                    help="longest sequence the plugin graph takes: sizes its relative-position table (default "
                         "max_position_embeddings; beyond it only for models without absolute positions)")
-    p.set_defaults(run=_cmd_rewrite)
+    p.set_defaults(run=commands.rewrite)
 
     p = sub.add_parser("calibrate", help="DIR/model.onnx -> DIR/model.fp16.onnx or DIR/model.int8.onnx "
                                          "(precision lives in the ONNX: fp32 islands / explicit Q/DQ)")
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{FP16_MAX:g})")
     p.add_argument("--out", type=Path, default=None,
                    help="output path (default: DIR/model.fp16.onnx or DIR/model.int8.onnx)")
-    p.set_defaults(run=_cmd_calibrate)
+    p.set_defaults(run=commands.calibrate)
 
     p = sub.add_parser("engine", help="an ONNX artifact -> DIR/engine.plan + engine.json (TensorRT or TensorRT-RTX)")
     p.add_argument("onnx", type=Path, help="model.onnx, model.plugin.onnx, model.fp16.onnx or model.int8.onnx")
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=_positive, default=None, metavar="MIB", help="workspace memory limit in MiB")
     p.add_argument("--compute-capability", action="append", default=None,
                    choices=RTX_COMPUTE_CAPABILITIES, help="TensorRT-RTX target (repeat; default: its portable set)")
-    p.set_defaults(run=_cmd_engine)
+    p.set_defaults(run=commands.engine)
 
     p = sub.add_parser("parity", help="check artifacts against the PyTorch fp32 reference")
     _model_args(p)
@@ -207,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tolerance class (default: read from each artifact)")
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="report path stem: writes OUT.json, OUT.md, OUT_errors.png")
-    p.set_defaults(run=_cmd_parity)
+    p.set_defaults(run=commands.parity)
 
     p = sub.add_parser("build", help="export -> rewrite -> fp16/int8 -> engines -> parity into one directory "
                                      f"(no arguments: {DEFAULT_MODEL})")
@@ -219,200 +221,50 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p, BACKEND_CHOICES, "auto")
     _int8_args(p)
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output directory (default ./{DEFAULT_OUT})")
-    p.set_defaults(run=_cmd_build)
+    p.set_defaults(run=commands.build)
 
-    p = sub.add_parser("export-triton", help="a built engine -> a Triton model repository")
-    p.add_argument("--engine", type=Path, required=True, help="engine directory, NAME.plan or NAME.json")
-    p.add_argument("--out", type=Path, required=True, help="model repository directory (created or added to)")
-    p.add_argument("--name", default=None, help="Triton model name (default <model>-<task>)")
-    p.add_argument("--plugin-library", type=Path, default=None,
-                   help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
-                        "beside the one the engine was built with)")
-    p.add_argument("--instances", type=_positive, default=1, help="model instances per GPU (default 1)")
-    p.set_defaults(run=_cmd_export_triton)
+    _serving_commands(sub)
     return parser
 
 
-# ---------------------------------------------------------------------------- commands
+def _serving_commands(sub) -> None:
+    p = sub.add_parser("export-triton", help="an engine or ONNX artifact -> a Triton model repository: tokenizer, "
+                                             "model, post-processing, ensemble (text in, answers out)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engine", type=Path, help="engine directory (one engine), NAME.plan or NAME.json: "
+                                                    "the model step runs on Triton's TensorRT backend")
+    source.add_argument("--onnx", type=Path, help="an ONNX artifact (model.onnx, model.int8.onnx, plugin graphs too): "
+                                                  "the model step runs ONNX Runtime in the Python backend (CPU)")
+    p.add_argument("--out", type=Path, required=True, help="model repository directory (created or added to)")
+    p.add_argument("--name", default=None, help="Triton model name of the ensemble (default <model>-<task>)")
+    p.add_argument("--model", default=None, help="preset or checkpoint directory for the tokenizer and labels "
+                                                 "(default: the one the artifact records)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="a directory with the tokenizer files "
+                                                                "(default: the model's)")
+    p.add_argument("--model-only", action="store_true", help="write the model step alone, named NAME")
+    p.add_argument("--python-env", default="auto", metavar="auto|none|PATH",
+                   help="EXECUTION_ENV_PATH of the Python-backend models: auto (default: this Python's packages), "
+                        "none (the server's Python), or an environment directory / conda-pack archive on the server")
+    p.add_argument("--max-batch-size", type=_positive, default=None, help="--onnx: largest batch (default 16)")
+    p.add_argument("--max-length", type=_positive, default=None,
+                   help="longest text in tokens (default: the engine's profiles, else the model's maximum)")
+    p.add_argument("--pad-to-multiple-of", type=_positive, default=16,
+                   help="pad token sequences to a multiple of this, so more requests batch together (default 16)")
+    p.add_argument("--plugin-library", type=Path, default=None,
+                   help="self-registering plugin library for plugin engines (default libdebertrt_plugins_static.so "
+                        "beside the one the engine was built with)")
+    p.add_argument("--instances", type=_positive, default=1, help="model step instances (default 1)")
+    p.set_defaults(run=commands.export_triton)
 
-
-def _text_options(args):
-    from debertrt.core.data import TextOptions
-
-    return TextOptions(truncate=args.truncate, stride=args.stride)
-
-
-def _datasets(args, ref, purposes, profiles=()):
-    """The example sets of a run; text examples are held to --max-length, else to the longest
-    sequence of the engine profiles (random data is drawn at --max-length, else its default)."""
-    from debertrt.core.data import datasets_for
-
-    max_length = args.max_length
-    if args.data is not None and max_length is None and profiles:
-        max_length = max(p.sequence[2] for p in profiles)
-    return datasets_for(ref, purposes, args.data, batches=args.batches, batch_size=args.batch_size,
-                        max_length=max_length, text=_text_options(args))
-
-
-def _export_options(args):
-    from .export import ExportOptions
-
-    return ExportOptions(exporter=args.exporter, opset=args.opset, external_data=args.external_data)
-
-
-def _cmd_export(args) -> int:
-    from debertrt.core.models import load_model
-
-    from .export import export
-
-    path = export(load_model(args.model, args.task), args.out, _export_options(args))
-    print(f"wrote {path}")
-    return 0
-
-
-def _cmd_rewrite(args) -> int:
-    from .rewrite import rewrite
-
-    result = rewrite(args.onnx, args.out, max_sequence=args.max_sequence)
-    print(f"wrote {result.path} (report {result.report.name})")
-    print(result.summary["text"])
-    return 0
-
-
-def _manifest_model(onnx_path: Path) -> tuple[str | None, str | None]:
-    from debertrt.core.artifacts import MANIFEST, read_json
-
-    manifest = onnx_path.parent / MANIFEST
-    if not manifest.is_file():
-        return None, None
-    try:
-        inputs = read_json(manifest)["stages"]["export"]["inputs"]
-        return inputs.get("model"), inputs.get("task")
-    except (KeyError, TypeError, ValueError):
-        return None, None
-
-
-def _cmd_calibrate(args) -> int:
-    from debertrt.core.data import text_dataset
-    from debertrt.core.models import load_model
-
-    if not args.onnx.is_file():
-        raise DebertrtError(f"ONNX file {str(args.onnx)!r} not found")
-    model, task = _manifest_model(args.onnx)
-    model, task = args.model or model, args.task or task
-    if bool(model) != bool(task):
-        raise DebertrtError("give both --model and --task (the manifest beside the ONNX names only one)")
-    ref = load_model(model, task) if model else None
-    if (args.data is not None or args.fallback_data is not None) and ref is None:
-        raise DebertrtError("text data needs the model's tokenizer: pass --model and --task")
-    purposes = ["calibration"] if args.precision == "fp16" or args.fallback_data else ["calibration", "fallback"]
-    data = _datasets(args, ref, purposes) if ref is not None else {}
-    if args.fallback_data is not None:
-        data["fallback"] = text_dataset(ref, args.fallback_data, batch_size=args.batch_size,
-                                        max_length=args.max_length, text=_text_options(args))
-    if args.precision == "fp16":
-        from debertrt.calibration.fp16 import to_fp16
-        from debertrt.calibration.options import Fp16Options
-
-        result = to_fp16(args.onnx, args.out, data.get("calibration"), ref=ref,
-                         options=Fp16Options(threshold=args.fp16_threshold))
-        s = result.summary
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["fp32_by_kind"].items()))
-        print(f"wrote {result.path}: {s['nodes_fp16']} nodes fp16, {s['nodes_fp32']} fp32 ({kinds}), "
-              f"{s['casts_inserted']} casts (report {result.report.name})")
-        for island in s["above_range"]:
-            print(f"  beyond the fp16 range threshold, kept fp32: {island['where']} ({island['nodes']} nodes, "
-                  f"|x| up to {island['max_abs']:.4g})")
-        return 0
-
-    from debertrt.calibration.int8 import quantize_int8
-    from debertrt.calibration.options import Int8Options
-
-    options = Int8Options(method=args.method, max_accuracy_loss=None if args.no_fallback else args.max_accuracy_loss)
-    result = quantize_int8(args.onnx, args.out, data.get("calibration"), ref=ref, task=task,
-                           fallback_dataset=data.get("fallback"), options=options)
-    s = result.summary
-    print(f"wrote {result.path}: {s['quantized_matmuls']}/{s['candidate_matmuls']} MatMul/Gemm in int8; {s['metric']} "
-          f"fp32 {s['fp32']:.4f} -> int8 {s['int8']:.4f}"
-          + (f" ({'within' if s['within_budget'] else 'NOT within'} budget)" if not args.no_fallback else "")
-          + (f"; left in float: {', '.join(s['float_groups'])}" if s["float_groups"] else "")
-          + f" (report {result.report.name})")
-    return 0
-
-
-def _exit_code(result: dict) -> int:
-    """0 when the verdict is passed; 1 when an artifact failed or nothing could be judged."""
-    return 0 if result["verdict"] == "passed" else 1
-
-
-def _print_summary(result: dict, report: Path) -> None:
-    from .parity_report import VERDICT_TEXT, overall_line
-
-    for e in result["artifacts"]:
-        name = Path(e["path"]).name
-        verdict = VERDICT_TEXT[e["verdict"]]
-        if e["status"] != "ran":
-            print(f"  {name:<24} {e['precision']:<5} not run: {e['reason']}  {verdict}")
-            continue
-        worst = max(m["max_abs"] for m in e["outputs"].values())
-        headline = next(iter(e["task"]["agreement"].items()), None)
-        agree = f"  {headline[0]} agreement {headline[1]:.2%}" if headline else ""
-        failed = [f"{c['criterion']} ({c['output']})" for c in e["criteria"] if not c["passed"]]
-        print(f"  {name:<24} {e['precision']:<5} max abs {worst:.3g}{agree}  {verdict}"
-              + (f": {'; '.join(failed)}" if failed else ""))
-    print(f"report: {report.with_suffix('.md')} ({overall_line(result)})")
-
-
-def _cmd_parity(args) -> int:
-    from debertrt.core.models import load_model
-
-    from .parity import parity
-
-    ref = load_model(args.model, args.task)
-    result = parity(ref, args.artifact, _datasets(args, ref, ["parity"])["parity"], args.out,
-                    precisions=[args.precision] * len(args.artifact))
-    _print_summary(result, args.out)
-    return _exit_code(result)
-
-
-def _cmd_build(args) -> int:
-    from debertrt.core.models import load_model
-
-    from .pipeline import PRECISIONS, BuildOptions, build
-
-    options = BuildOptions(precisions=tuple(args.precision or PRECISIONS), backend=args.backend,
-                           profiles=tuple(args.profile or ()), export=_export_options(args),
-                           method=args.method, max_accuracy_loss=args.max_accuracy_loss,
-                           plugin_library=args.plugin_library)
-    ref = load_model(args.model, args.task)
-    purposes = ["parity"] if set(options.precisions) == {"fp32"} else ["calibration", "fallback", "parity"]
-    result = build(ref, args.out, options, _datasets(args, ref, purposes, options.profiles))
-    for note in result.notes:
-        print(f"note: {note}")
-    _print_summary(result.parity, args.out / "parity")
-    return _exit_code(result.parity)
-
-
-def _cmd_engine(args) -> int:
-    from .engine import EngineOptions, build_engine
-
-    options = EngineOptions(backend=args.backend, profiles=tuple(args.profile or ()),
-                            optimization_level=args.optimization_level, timing_cache=args.timing_cache,
-                            plugin_library=args.plugin_library, workspace_mib=args.workspace,
-                            compute_capabilities=tuple(args.compute_capability or ()),
-                            verbose=args.verbosity > 0)
-    plan = build_engine(args.onnx, args.out or args.onnx.parent, options, name=args.name)
-    print(f"wrote {plan} and {plan.with_suffix('.json').name}")
-    return 0
-
-
-def _cmd_export_triton(args) -> int:
-    from .triton import export_triton
-
-    model_dir = export_triton(args.engine, args.out, name=args.name, plugin_library=args.plugin_library,
-                              instances=args.instances)
-    print(f"wrote {model_dir} (see {args.out / 'README.md'})")
-    return 0
+    p = sub.add_parser("serve", help="start a local Triton Inference Server on a model repository and print its URLs")
+    p.add_argument("repo", type=Path, help="a model repository written by debertrt export-triton")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    for kind, default in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
+        p.add_argument(f"--{kind}-port", type=int, default=default, help=f"{kind} port (default {default}; 0: any free)")
+    p.add_argument("--tritonserver", type=Path, default=None,
+                   help="a tritonserver binary with its backends beside it (default: nvidia-pytriton's)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait until every model is ready")
+    p.set_defaults(run=commands.serve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,10 +159,9 @@ def check_index(term, where: str, probe: Probe, facts: ModelFacts, table: np.nda
         span = int(_scalar(probe.value(term.index.span, sequence), f"the span {term.index.span.name!r}", where))
         expected_span = facts.span_at(sequence)
         if span != expected_span:
-            rule = (f"min(S, {facts.max_relative_positions})" if facts.static_span is None
-                    else f"{facts.static_span}")
+            rule = f"min(S, {facts.max_relative_positions}) = " if facts.static_span is None else ""
             raise DebertrtError(f"{where}: the graph's attention span at S={sequence} is {span} "
-                                f"({term.index.span.name!r}) but the config says {rule} = {expected_span}")
+                                f"({term.index.span.name!r}) but the config says {rule}{expected_span}")
         spans.setdefault(sequence, set()).add(span)
         delta = np.asarray(probe.value(term.index.delta, sequence))
         if delta.size % (sequence * sequence) or delta.ndim < 2 or delta.shape[-2:] != (sequence, sequence):

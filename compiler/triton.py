@@ -1,15 +1,15 @@
-"""A Triton Inference Server model repository for a built engine.
+"""A Triton Inference Server model repository: text in, the task's answer out.
 
     REPO/
-      README.md                      how to start tritonserver (plugin loading included)
-      <name>/config.pbtxt            platform "tensorrt_plan", I/O from engine.json, dynamic batching
-      <name>/1/model.plan            the engine
-      <name>/engine.json             what the engine is (model, precision, TensorRT version)
-      <name>/<plugin library>        plugin engines only: a library that registers its creator on load
+      README.md                      how to start the server and query it
+      <name>/config.pbtxt            ensemble: TEXT (+ TEXT_PAIR) -> tokenizer -> model -> postprocess
+      <name>-tokenizer/              Python backend: 1/model.py, 1/debertrt_text.py, 1/tokenizer/ (fast tokenizer)
+      <name>-model/                  --engine: platform tensorrt_plan, 1/model.plan, engine.json [, plugin library]
+                                     --onnx:   Python backend, 1/model.py + 1/<artifact>.onnx run by ONNX Runtime
+      <name>-postprocess/            Python backend: 1/model.py, 1/debertrt_text.py
 
-Triton's convention: with ``max_batch_size > 0`` the batch dimension is implicit, so
-``dims`` leave it out (``input_ids`` [batch, sequence] is ``dims: [ -1 ]``).
-``max_batch_size`` is the largest batch of the engine's profiles.
+Both runtimes take the same inputs and give the same outputs, so the ensemble is the same.
+``--model-only`` writes the model step alone as ``<name>`` (tasks without post-processing).
 
 Triton's TensorRT backend loads plugin libraries with ``dlopen`` (``LD_PRELOAD`` or
 ``--backend-config=tensorrt,plugins=...``), so the library must register its creator when
@@ -22,107 +22,327 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from debertrt.core.artifacts import atomic_dir, sha256, write_text
-from debertrt.plugins.cuda_kernel import PLUGIN_STATIC_LIBRARY
+from debertrt.core.artifacts import manifest_model, read_json, sha256, write_text
+from debertrt.core.errors import DebertrtError, first_line
+from debertrt.plugins.libraries import PLUGIN_STATIC_LIBRARY as STATIC_PLUGIN_LIBRARY
 from debertrt.runtime.engine_json import engine_json_path, read_engine_json
 from debertrt.runtime.tensorrt import cached_plugin_library
-from debertrt.core.errors import DebertrtError
 
-TRITON_DTYPES = {
-    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8",
-    "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8",
-}
-STATIC_PLUGIN_LIBRARY = PLUGIN_STATIC_LIBRARY
-DEFAULT_QUEUE_DELAY_US = 100
+from . import triton_config as tc
+from .triton_readme import render_readme
 
-
-def model_name(engine: dict) -> str:
-    """A Triton model name from engine.json: '<model>-<task>' with only safe characters."""
-    model = Path(str(engine.get("model") or "debertrt")).name or "debertrt"
-    task = engine.get("task")
-    name = f"{model}-{task}" if task else model
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "debertrt"
+DEFAULT_ONNX_MAX_BATCH = 16
+DEFAULT_PAD_MULTIPLE = 16
+DEFAULT_MAX_LENGTH = 512  # --model-only ONNX variant without --max-length
+TEXT_MODULE = "debertrt_text.py"
 
 
-def render_config(engine: dict, name: str, instances: int = 1,
-                  max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:
-    """config.pbtxt text for an engine described by ``engine`` (engine.json)."""
-    profiles = engine["profiles"]
-    if not any(p["batch"][0] == 1 for p in profiles):
-        raise DebertrtError("Triton sends batches from 1 up to max_batch_size, but no engine profile starts at "
-                            "batch 1: rebuild with --profile batch=1:...")
-    max_batch = max(p["batch"][2] for p in profiles)
-    tensors = []
-    for kind, entries in (("input", engine["inputs"]), ("output", engine["outputs"])):
-        for t in entries:
-            shape = list(t["shape"])
-            if not shape or shape[0] != -1:
-                raise DebertrtError(f"{kind} {t['name']} has shape {shape}: Triton batching needs a dynamic "
-                                    f"first (batch) dimension; export with dynamic axes")
-            if t["dtype"] not in TRITON_DTYPES:
-                raise DebertrtError(f"{kind} {t['name']}: dtype {t['dtype']} has no Triton type")
-            dims = shape[1:]  # max_batch_size > 0: Triton's dims leave the batch dimension out
-            tensors.append((kind, t["name"], TRITON_DTYPES[t["dtype"]], dims))
-    opt = sorted({p["batch"][1] for p in profiles if p["batch"][1] > 1})
-    lines = [
-        f"# Written by debertrt export-triton from {engine['plan']['path']} "
-        f"({engine['tensorrt']['flavour']} {engine['tensorrt']['version']}, {engine['precision']}).",
-        f'name: "{name}"',
-        'platform: "tensorrt_plan"',
-        f"max_batch_size: {max_batch}",
-    ]
-    for kind in ("input", "output"):
-        entries = [t for t in tensors if t[0] == kind]
-        lines.append(f"{kind} [")
-        for i, (_, tensor_name, dtype, dims) in enumerate(entries):
-            comma = "," if i < len(entries) - 1 else ""
-            lines += ["  {", f'    name: "{tensor_name}"', f"    data_type: {dtype}",
-                      f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + comma]
-        lines.append("]")
-    lines.append("dynamic_batching {")
-    if opt:
-        lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in opt)} ]")
-    lines += [f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}", "}"]
-    lines += ["instance_group [", "  {", f"    count: {int(instances)}", "    kind: KIND_GPU"]
-    if len(profiles) > 1:
-        lines.append(f"    profile: [ {', '.join(f'{chr(34)}{i}{chr(34)}' for i in range(len(profiles)))} ]")
-    lines += ["  }", "]"]
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True)
+class TritonOptions:
+    name: str | None = None               # default <model>-<task>
+    model: str | None = None              # preset or checkpoint for the tokenizer and labels (default: recorded one)
+    tokenizer: str | os.PathLike | None = None  # a directory with the tokenizer files (default: the model's)
+    model_only: bool = False              # write the model step alone, as <name>
+    python_env: str = "auto"              # auto: this Python's packages | none: the server's Python | a path
+    max_batch_size: int | None = None     # ONNX variant (default 16); engines: their profiles'
+    max_length: int | None = None         # ONNX variant (default the model's maximum); engines: their profiles'
+    pad_to_multiple_of: int = DEFAULT_PAD_MULTIPLE
+    instances: int = 1
+    max_queue_delay_us: int = tc.DEFAULT_QUEUE_DELAY_US
+    plugin_library: str | os.PathLike | None = None
+
+    def __post_init__(self):
+        for attr in ("instances", "pad_to_multiple_of", "max_batch_size", "max_length"):
+            value = getattr(self, attr)
+            if value is not None and value < 1:
+                raise DebertrtError(f"{attr.replace('_', '-')} must be >= 1, got {value}")
 
 
-def export_triton(engine_path: str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
-                  plugin_library: str | os.PathLike | None = None, instances: int = 1,
-                  max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> Path:
-    """Write (or replace) ``repo/<name>/`` for the engine at ``engine_path`` (plan, engine.json or
-    its directory) and ``repo/README.md``; returns the model directory."""
-    engine = read_engine_json(engine_path)
-    json_path = engine_json_path(engine_path)
+@dataclass
+class ModelSource:
+    """The model step's artifact and what it takes and gives."""
+
+    kind: str                          # "engine" or "onnx"
+    path: Path                         # the plan or the ONNX file
+    model: str | None                  # preset or checkpoint it was made from
+    task: str | None
+    inputs: list[tc.Tensor]
+    outputs: list[tc.Tensor]
+    max_batch: int | None
+    max_length: int | None
+    engine: dict | None = None
+    extra_files: list[Path] = field(default_factory=list)  # engine.json / ONNX external data
+    min_length: int = 1                # the engine profiles' shortest sequence
+
+
+# ---- the model step's source ------------------------------------------------------------
+
+def select_engine(path: str | os.PathLike) -> Path:
+    """engine.json for ``path`` (plan, json, or a directory with exactly one engine)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "engine.json").is_file():
+        return engine_json_path(path)
+    found = sorted(p.with_suffix(".json") for p in path.glob("*.plan") if p.with_suffix(".json").is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DebertrtError(f"no engine in {path} (a NAME.plan with its NAME.json, as debertrt engine or debertrt "
+                            f"build write them): build one, or pass --onnx for the ONNX Runtime variant")
+    listed = ", ".join(f"{p.name} ({_engine_summary(p)})" for p in found)
+    raise DebertrtError(f"{path} holds {len(found)} engines: {listed}; pick one with --engine {found[0]} "
+                        f"(export each into its own repository, or under its own --name, to serve several)")
+
+
+def _engine_summary(json_path: Path) -> str:
+    try:
+        data = read_json(json_path)
+        return f"{data['precision']}, {data['tensorrt']['flavour']} {data['tensorrt']['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable engine.json"
+
+
+def engine_source(path: str | os.PathLike) -> ModelSource:
+    json_path = select_engine(path)
+    engine = read_engine_json(json_path)
     plan = json_path.with_name(engine["plan"]["path"])
     if not plan.is_file():
         raise DebertrtError(f"{plan} not found: rebuild the engine")
     if sha256(plan) != engine["plan"]["sha256"]:
         raise DebertrtError(f"{plan} does not match {json_path.name} (sha256 differs): rebuild the engine")
-    if instances < 1:
-        raise DebertrtError(f"instances must be >= 1, got {instances}")
-    name = name or model_name(engine)
+    sequence = [p["sequence"][2] for p in engine["profiles"] if p["batch"][0] == 1]
+    return ModelSource("engine", plan, engine.get("model"), engine.get("task"),
+                       [tc.Tensor.from_dict(t, "input") for t in engine["inputs"]],
+                       [tc.Tensor.from_dict(t, "output") for t in engine["outputs"]],
+                       max(p["batch"][2] for p in engine["profiles"]), max(sequence) if sequence else None,
+                       engine, [json_path], min(p["sequence"][0] for p in engine["profiles"]))
+
+
+def onnx_source(path: str | os.PathLike, options: TritonOptions) -> ModelSource:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    path = Path(path)
+    if not path.is_file():
+        raise DebertrtError(f"ONNX file {str(path)!r} not found")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise DebertrtError(f"{path}: not a readable ONNX model ({first_line(exc)})") from exc
+    tensors = []
+    for kind, values in (("input", graph.graph.input), ("output", graph.graph.output)):
+        initializers = {t.name for t in graph.graph.initializer}
+        tensors.append([tc.Tensor.from_dict(_value_info(v), kind) for v in values if v.name not in initializers])
+    data = {entry.value for t in graph.graph.initializer if uses_external_data(t)
+            for entry in t.external_data if entry.key == "location"}
+    model, task = manifest_model(path)
+    return ModelSource("onnx", path, model, task, tensors[0], tensors[1],
+                       options.max_batch_size or DEFAULT_ONNX_MAX_BATCH, options.max_length,
+                       extra_files=[path.parent / name for name in sorted(data)])
+
+
+def _value_info(value) -> dict:
+    from onnx import helper
+
+    tensor = value.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "undefined"
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+# ---- tokenizer and labels ---------------------------------------------------------------
+
+@dataclass
+class TextAssets:
+    tokenizer: object        # a transformers fast tokenizer
+    labels: list[str]
+    max_position: int
+    pad_id: int
+
+
+def text_assets(model: str | None, task: str, tokenizer_dir: str | os.PathLike | None) -> TextAssets:
+    """The checkpoint's fast tokenizer, label names and maximum length (weights are not loaded
+    for a checkpoint directory)."""
+    from debertrt.core.models import EXTRA_PRESETS, PRESETS, load_model
+
+    if not model:
+        raise DebertrtError("the artifact does not record its model: pass --model (preset or checkpoint directory)")
+    if model in PRESETS or model in EXTRA_PRESETS:
+        ref = load_model(model, task)
+        config, tokenizer = ref.config, ref.tokenizer
+    else:
+        config, tokenizer = _checkpoint_config(Path(model)), None
+        tokenizer_dir = tokenizer_dir or model
+    if tokenizer_dir:
+        tokenizer = _load_tokenizer(Path(tokenizer_dir))
+    if tokenizer is None:
+        raise DebertrtError(f"{model} has no tokenizer: pass --tokenizer DIR (a directory with tokenizer.json, e.g. "
+                            f"a checkpoint's), or --model-only for the bare model step")
+    if not getattr(tokenizer, "is_fast", False):
+        raise DebertrtError(f"the tokenizer of {model} is not a fast tokenizer: save it with "
+                            f"AutoTokenizer.from_pretrained(DIR, use_fast=True).save_pretrained(DIR) and pass --tokenizer")
+    labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(int(config.num_labels))]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else getattr(config, "pad_token_id", 0)
+    return TextAssets(tokenizer, labels, int(config.max_position_embeddings), int(pad_id or 0))
+
+
+def _checkpoint_config(path: Path):
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise DebertrtError(f"checkpoint {str(path)!r} not found (no config.json): pass --model DIR or a preset")
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises several types for a bad config
+        raise DebertrtError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from exc
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not path.is_dir():
+        raise DebertrtError(f"tokenizer directory {str(path)!r} not found")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    except Exception as exc:
+        raise DebertrtError(f"cannot load a tokenizer from {str(path)!r}: {first_line(exc)}") from exc
+
+
+def python_env(choice: str) -> str | None:
+    """EXECUTION_ENV_PATH for the Python-backend models: ``auto`` makes this Python's (see
+    ``debertrt.runtime.serving.pyenv``), ``none`` leaves the server's own Python."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        from debertrt.runtime.serving.pyenv import ensure_env
+
+        return str(ensure_env())
+    return choice
+
+
+# ---- the repository ---------------------------------------------------------------------
+
+def model_name(model: str | None, task: str | None) -> str:
+    """A Triton model name '<model>-<task>' with only safe characters."""
+    base = Path(str(model or "debertrt")).name or "debertrt"
+    name = f"{base}-{task}" if task else base
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "debertrt"
+
+
+def export_triton(repo: str | os.PathLike, engine: str | os.PathLike | None = None,
+                  onnx: str | os.PathLike | None = None, options: TritonOptions = TritonOptions()) -> Path:
+    """Write the pipeline for ``engine`` (plan, engine.json or its directory) or ``onnx`` into
+    ``repo`` (models of the same names are replaced, others kept); returns the ensemble's
+    directory (the model step's with ``model_only``)."""
+    from debertrt.runtime.serving.text import TASKS
+
+    if (engine is None) == (onnx is None):
+        raise DebertrtError("give either --engine (TensorRT plan) or --onnx (ONNX Runtime in the Python backend)")
+    source = engine_source(engine) if engine is not None else onnx_source(onnx, options)
+    task = source.task
+    name = options.name or model_name(options.model or source.model, task)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise DebertrtError(f"Triton model name {name!r}: use letters, digits, '.', '_' or '-'")
-    config = render_config(engine, name, instances, max_queue_delay_us)
-    library = _plugin_library(engine, plugin_library) if engine["plugin"] else None
-
+    if not options.model_only and task not in TASKS:
+        raise DebertrtError(f"no text pipeline for task {task!r} (only {', '.join(TASKS)}): pass --model-only to "
+                            f"export the model step alone")
+    assets = None if options.model_only else text_assets(options.model or source.model, task, options.tokenizer)
+    limits = [source.max_length, options.max_length, assets.max_position if assets else None]
+    source.max_length = min((v for v in limits if v), default=DEFAULT_MAX_LENGTH)
+    library = _plugin_library(source.engine, options.plugin_library) if source.engine and source.engine["plugin"] else None
+    env = None if source.kind == "engine" and options.model_only else python_env(options.python_env)
+    model_step = name if options.model_only else f"{name}-model"
+    models = {model_step: _model_step(source, model_step, library, env, options)}
+    if not options.model_only:
+        models.update(_text_steps(source, name, task, assets, env, options))
     repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(repo / name) as tmp:
-        (tmp / "1").mkdir()
-        shutil.copyfile(plan, tmp / "1" / "model.plan")
-        shutil.copyfile(json_path, tmp / "engine.json")
-        (tmp / "config.pbtxt").write_text(config)
-        if library is not None:
-            shutil.copyfile(library, tmp / library.name)
-    write_text(repo / "README.md", render_readme(repo, name, engine, library.name if library else None))
+    _write_models(repo, models)
+    write_text(repo / "README.md", render_readme(name, source, task, models, library.name if library else None,
+                                                 options.model_only, env))
     return repo / name
+
+
+def _serving_sources() -> Path:
+    """runtime/serving/: text.py and the Python-backend models copied into the repository."""
+    from debertrt.runtime import serving
+
+    return Path(serving.__file__).resolve().parent
+
+
+def _model_step(source: ModelSource, name: str, library: Path | None, env: str | None,
+                options: TritonOptions) -> dict:
+    """{relative path: bytes or a file to copy} of the model step."""
+    if source.kind == "engine":
+        files = {"config.pbtxt": tc.plan_config(source.engine, name, options.instances, options.max_queue_delay_us),
+                 "1/model.plan": source.path, "engine.json": source.extra_files[0]}
+        if library is not None:
+            files[library.name] = library
+        return files
+    files = {"config.pbtxt": tc.onnx_model_config(name, source.path.name, source.inputs, source.outputs,
+                                                  source.max_batch, source.max_length, env, options.instances,
+                                                  options.max_queue_delay_us),
+             "1/model.py": _serving_sources() / "triton_models" / "onnx_model.py",
+             f"1/{TEXT_MODULE}": _serving_sources() / "text.py", f"1/{source.path.name}": source.path}
+    files.update({f"1/{p.name}": p for p in source.extra_files})
+    return files
+
+
+def _text_steps(source: ModelSource, name: str, task: str, assets: TextAssets, env: str | None,
+                options: TritonOptions) -> dict:
+    needs_pair = task == "question-answering"
+    tokenizer_files = _saved_tokenizer(assets.tokenizer)
+    tokenizer = {"config.pbtxt": tc.tokenizer_config(f"{name}-tokenizer", source.inputs, source.max_batch,
+                                                     source.max_length, assets.pad_id, options.pad_to_multiple_of,
+                                                     needs_pair, env, source.min_length),
+                 "1/model.py": _serving_sources() / "triton_models" / "tokenizer.py",
+                 f"1/{TEXT_MODULE}": _serving_sources() / "text.py"}
+    tokenizer.update({f"1/tokenizer/{n}": data for n, data in tokenizer_files.items()})
+    postprocess = {"config.pbtxt": tc.postprocess_config(f"{name}-postprocess", task, source.inputs, source.outputs,
+                                                         assets.labels, source.max_batch, env),
+                   "1/model.py": _serving_sources() / "triton_models" / "postprocess.py",
+                   f"1/{TEXT_MODULE}": _serving_sources() / "text.py"}
+    ensemble = {"config.pbtxt": tc.ensemble_config(name, task, source.inputs, source.outputs, len(assets.labels),
+                                                   source.max_batch), "1/": None}
+    return {f"{name}-tokenizer": tokenizer, f"{name}-postprocess": postprocess, name: ensemble}
+
+
+def _saved_tokenizer(tokenizer) -> dict[str, bytes]:
+    """The tokenizer's files as ``save_pretrained`` writes them (tokenizer.json included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+    if "tokenizer.json" not in files:
+        raise DebertrtError("the tokenizer did not save a tokenizer.json: the Python tokenizer model needs a fast "
+                            "tokenizer")
+    return files
+
+
+def _write_models(repo: Path, models: dict[str, dict]) -> None:
+    """Stage every model directory, then move each into place (replacing one of the same name):
+    a failure while staging leaves the repository as it was."""
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-triton.", dir=repo))
+    try:
+        for model, files in models.items():
+            for relative, content in files.items():
+                target = staging / model / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if content is None:
+                    target.mkdir(exist_ok=True)
+                elif isinstance(content, Path):
+                    shutil.copyfile(content, target)
+                else:
+                    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+        for model in models:
+            final = repo / model
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging / model, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _plugin_library(engine: dict, explicit: str | os.PathLike | None) -> Path:
@@ -150,53 +370,3 @@ def _plugin_library(engine: dict, explicit: str | os.PathLike | None) -> Path:
 def _checkout_build_dirs() -> list[Path]:
     root = Path(__file__).resolve().parents[1]
     return [root / "build" / "plugins", root / "plugins" / "build"]
-
-
-def render_readme(repo: Path, name: str, engine: dict, library: str | None) -> str:
-    trt = engine["tensorrt"]
-    lines = [
-        f"# Triton model repository: `{name}`",
-        "",
-        f"Written by `debertrt export-triton`. Model `{engine.get('model')}` ({engine.get('task')}), "
-        f"{engine['precision']}, built with {trt['flavour']} {trt['version']}.",
-        "",
-        "The engine runs only on the TensorRT version that built it, so use a Triton release whose TensorRT "
-        f"is {trt['version']} (see Triton's release notes / framework support matrix), on a GPU the engine was "
-        "built for.",
-        "",
-        "Inputs (Triton's `dims` leave out the batch dimension, since `max_batch_size` > 0):",
-        "",
-    ]
-    lines += [f"- `{t['name']}`: {t['dtype']} {t['shape']}" for t in engine["inputs"]]
-    lines += ["", "Outputs:", ""]
-    lines += [f"- `{t['name']}`: {t['dtype']} {t['shape']}" for t in engine["outputs"]]
-    lines += ["", "Profiles (min:opt:max): " + "; ".join(
-        f"batch {':'.join(map(str, p['batch']))}, sequence {':'.join(map(str, p['sequence']))}"
-        for p in engine["profiles"]), "",
-        "Dynamic batching only merges requests of the same sequence length; pad client-side to a few fixed "
-        "lengths to batch more.", "", "## Start the server", ""]
-    if library:
-        lines += [
-            f"The engine contains the `{engine['plugin']['name']}` plugin (namespace `{engine['plugin']['namespace']}`, "
-            f"version {engine['plugin']['version']}). `{name}/{library}` registers its creator when loaded; "
-            "Triton must load it before it deserializes the engine. Either:",
-            "",
-            "```sh",
-            "tritonserver --model-repository=$PWD \\",
-            f"  --backend-config=tensorrt,plugins=\"$PWD/{name}/{library}\"",
-            "```",
-            "",
-            "or",
-            "",
-            "```sh",
-            f"LD_PRELOAD=$PWD/{name}/{library}:$LD_PRELOAD tritonserver --model-repository=$PWD",
-            "```",
-            "",
-            "(use absolute paths; several libraries are separated by `;` in `plugins=`). The library must be "
-            "built against the same TensorRT major version as Triton's.",
-        ]
-    else:
-        lines += ["```sh", "tritonserver --model-repository=$PWD", "```", "",
-                  "The engine has no plugin layers: nothing else to load."]
-    lines += ["", "## Query it", "", "```sh", f"curl localhost:8000/v2/models/{name}/config", "```", ""]
-    return "\n".join(lines)

@@ -150,6 +150,17 @@ def record_stage(out_dir: str | os.PathLike, stage: str, inputs: dict, options: 
     return write_json(path, data)
 
 
+def manifest_model(artifact: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(model, task) the export stage recorded in the manifest beside ``artifact``; (None, None)
+    when there is none."""
+    manifest = Path(artifact).parent / MANIFEST
+    try:
+        inputs = read_json(manifest)["stages"]["export"]["inputs"]
+        return inputs.get("model"), inputs.get("task")
+    except (OSError, KeyError, TypeError, ValueError, AttributeError):
+        return None, None
+
+
 def read_json(path: str | os.PathLike):
     with open(path) as f:
         return json.load(f)

@@ -82,6 +82,15 @@ def _rows(array: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     return array.reshape(array.shape[0] if array.ndim else 1, -1)
 
 
+def row_cosines(expected: np.ndarray, got: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row (see ``_rows``); two zero rows count as 1, one zero row as 0."""
+    rows_ref, rows_out = _rows(expected, attention_mask), _rows(got, attention_mask)
+    norm_ref, norm_out = np.linalg.norm(rows_ref, axis=1), np.linalg.norm(rows_out, axis=1)
+    dot = np.einsum("ij,ij->i", rows_ref, rows_out)
+    both = (norm_ref > 0) & (norm_out > 0)
+    return np.where(both, dot / np.where(both, norm_ref * norm_out, 1.0), (norm_ref == norm_out).astype(float))
+
+
 def output_errors(expected: np.ndarray, got: np.ndarray, attention_mask: np.ndarray,
                   tolerance: OutputTolerance | None = None) -> dict:
     """Errors of one output on non-pad positions: max/mean abs, max rel, the share of elements
@@ -101,12 +110,9 @@ def output_errors(expected: np.ndarray, got: np.ndarray, attention_mask: np.ndar
         checked = [tolerance.atol, tolerance.rtol]
         if diff.size:
             within = float((diff <= tolerance.atol + tolerance.rtol * np.abs(ref)).mean())
+    cosine = row_cosines(expected, got, attention_mask)
     rows_ref, rows_out = _rows(expected, attention_mask), _rows(got, attention_mask)
-    norm_ref, norm_out = np.linalg.norm(rows_ref, axis=1), np.linalg.norm(rows_out, axis=1)
-    dot = np.einsum("ij,ij->i", rows_ref, rows_out)
-    both = (norm_ref > 0) & (norm_out > 0)
-    cosine = np.where(both, dot / np.where(both, norm_ref * norm_out, 1.0), (norm_ref == norm_out).astype(float))
-    rel = np.linalg.norm(rows_ref - rows_out, axis=1) / np.maximum(norm_ref, 1e-12)
+    rel = np.linalg.norm(rows_ref - rows_out, axis=1) / np.maximum(np.linalg.norm(rows_ref, axis=1), 1e-12)
     return {
         "max_abs": float(diff.max(initial=0.0)),
         "mean_abs": float(diff.mean()) if diff.size else 0.0,

@@ -221,22 +221,25 @@ def _accuracy(model, dataset) -> float:
 
 def ensure_checkpoint() -> Path:
     """The cached checkpoint directory, training it first when absent (atomic: a reader never
-    sees a half-written folder; two trainers racing both finish and one result is kept)."""
+    sees a half-written folder; concurrent callers wait for one training under a file lock)."""
+    from filelock import FileLock
+
     final = checkpoint_dir()
     if (final / "training.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        train(tmp)
+    with FileLock(str(final.parent / f".{final.name}.lock")):
+        if (final / "training.json").is_file():  # trained while this caller waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         try:
+            train(tmp)
+            if final.exists():  # a damaged earlier attempt without training.json
+                shutil.rmtree(final)
             os.rename(tmp, final)
-        except OSError:
-            if not (final / "training.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

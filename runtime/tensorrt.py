@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from debertrt.core.errors import DebertrtError, first_line
-from debertrt.plugins.cuda_kernel import PLUGIN_LIBRARY
+from debertrt.plugins import libraries
+from debertrt.plugins.libraries import PLUGIN_LIBRARY
 
 PLUGIN_LIBRARY_ENV = "DEBERTRT_PLUGIN_LIBRARY"
 
@@ -106,13 +107,11 @@ def find_plugin_library(explicit: str | os.PathLike | None = None, near: str | o
 
 
 def cached_plugin_library(static: bool = False) -> Path | None:
-    """A plugin library already built by ``debertrt.plugins.cuda_kernel.build`` into its cache, or None
+    """A plugin library already built by ``debertrt.plugins.libraries.build`` into its cache, or None
     (never builds)."""
     try:
-        from debertrt.plugins import cuda_kernel
-
-        return Path(cuda_kernel.find_plugin_library(static=static, build_if_missing=False)).resolve()
-    except Exception:  # not built, no headers configured, or the module is unavailable: no cached library
+        return Path(libraries.find_plugin_library(static=static, build_if_missing=False)).resolve()
+    except libraries.PluginBuildError:  # not built, or no TensorRT headers configured
         return None
 
 

@@ -19,6 +19,8 @@ from debertrt.plugins.graph_types import elem_types
 from debertrt.core.models import HOT_FFN, load_model
 from debertrt.runtime.runners import OnnxRuntimeRunner
 
+pytestmark = pytest.mark.xdist_group("test_fp16_range")  # module fixtures build artifacts once
+
 PRESET, TASK = "tiny-deberta-v3-hot-ffn", "sequence-classification"
 
 

@@ -21,6 +21,8 @@ from debertrt.runtime.engine import Engine
 from debertrt.runtime.runners import OnnxRuntimeRunner, TensorRTRunner
 from debertrt.runtime.tensorrt import FLAVOURS
 
+pytestmark = pytest.mark.xdist_group("test_inputs_padding")  # module fixtures build artifacts once
+
 requires_rtx = pytest.mark.skipif(not FLAVOURS["tensorrt-rtx"].available(),
                                   reason="TensorRT-RTX is not installed (pip install 'debertrt[rtx]')")
 SEQUENCE = 24

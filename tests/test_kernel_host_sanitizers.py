@@ -38,7 +38,10 @@ import numpy as np
 import pytest
 
 from cuda_host import harness
-from debertrt.plugins import cuda_kernel, reference, spec
+from debertrt.plugins import cuda_kernel, libraries, reference, spec
+
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_kernel_host_sanitizers")
 
 KERNEL_DIR = Path(cuda_kernel.__file__).resolve().parent / "disentangled_attention"
 KERNEL_SOURCE = "disentangled_attention_kernel.cu"
@@ -223,7 +226,7 @@ def scratch_copy(edits: tuple[Edit, ...], directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def toolchain(tmp_path_factory) -> harness.Toolchain:
-    found = harness.find_toolchain(cuda_kernel.find_cuda_include_dir(), tmp_path_factory.mktemp("probe"))
+    found = harness.find_toolchain(libraries.find_cuda_include_dir(), tmp_path_factory.mktemp("probe"))
     if isinstance(found, str):
         pytest.skip(found)
     return found

@@ -20,6 +20,8 @@ from debertrt.runtime.engine_json import read_engine_json
 from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 from debertrt.runtime.tensorrt import FLAVOURS
 
+pytestmark = pytest.mark.xdist_group("test_long_sequences")  # module fixtures build artifacts once
+
 requires_rtx = pytest.mark.skipif(not FLAVOURS["tensorrt-rtx"].available(),
                                   reason="TensorRT-RTX is not installed (pip install 'debertrt[rtx]')")
 TASK = "token-classification"  # per-token outputs: every position of a long row is compared

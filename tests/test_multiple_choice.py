@@ -23,6 +23,8 @@ from debertrt.runtime.profiles import Profile
 from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 from debertrt.runtime.tensorrt import FLAVOURS
 
+pytestmark = pytest.mark.xdist_group("test_multiple_choice")  # module fixtures build artifacts once
+
 requires_rtx = pytest.mark.skipif(not FLAVOURS["tensorrt-rtx"].available(),
                                   reason="TensorRT-RTX is not installed (pip install 'debertrt[rtx]')")
 TASK = "multiple-choice"
@@ -90,10 +92,10 @@ def test_rewrite_fp16_int8_and_parity_by_choice_agreement(chain, ref, tmp_path):
     assert "choice" in (tmp_path / "mc.md").read_text()
 
 
-def test_parity_reports_accuracy_on_labelled_choices(text_model, tmp_path):
+def test_parity_reports_accuracy_on_labelled_choices(text_checkpoint, tmp_path):
     from conftest import WORDS
 
-    ref = load_model(str(text_model(TASK)), TASK)
+    ref = load_model(str(text_checkpoint("tiny-deberta-v3", TASK)), TASK)
     records = [{"text": " ".join(WORDS[k:k + 4]), "choices": [" ".join(WORDS[k + j:k + j + 3]) for j in range(3)],
                 "label": k % 3} for k in range(8)]
     data = tmp_path / "mc.jsonl"

@@ -12,33 +12,16 @@ from debertrt.core.compare import (TOLERANCES, OutputTolerance, TaskAgreement, T
 from debertrt.core.errors import DebertrtError
 from debertrt.compiler.export import ExportOptions, export
 from debertrt.core.data import random_dataset, read_examples, text_dataset
-from debertrt.core.models import build_from_config, load_model, preset_config
+from debertrt.core.models import load_model
 from debertrt.compiler.parity import parity
 
-SENTENCES = [
-    "the cat sat on the mat", "a dog ran in the park", "the bird sang a song",
-    "fish swim in the sea", "the sun is hot today", "rain fell on the town",
-]
+from conftest import SENTENCES
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(text_checkpoint):
     """A save_pretrained directory with weights and a DebertaV2 fast tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import DebertaV2TokenizerFast
-
-    tok = Tokenizer(models.Unigram())  # DeBERTa v2/v3 tokenizers are SentencePiece unigram models
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(SENTENCES, trainers.UnigramTrainer(vocab_size=100, special_tokens=specials,
-                                                               unk_token="[UNK]"))
-    tokenizer = DebertaV2TokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    path = tmp_path_factory.mktemp("ckpt")
-    config = preset_config("tiny-deberta-v3", num_labels=2)
-    build_from_config(config, "sequence-classification").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return text_checkpoint("tiny-deberta-v3", "sequence-classification", num_labels=2)
 
 
 def test_checkpoint_with_text_data_reports_task_metric(checkpoint, tmp_path):

@@ -28,16 +28,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from debertrt.plugins import cuda_kernel, reference, spec
+from debertrt.plugins import cuda_kernel, libraries, reference, spec
+
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_plugin_kernel_build")
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = Path(cuda_kernel.__file__).resolve().parent / "disentangled_attention"
 
 
 def _require_build_tools():
-    if cuda_kernel.find_cmake() is None:
+    if libraries.find_cmake() is None:
         pytest.skip("cmake not found on PATH: cannot build the plugin project")
-    if cuda_kernel.find_nvcc() is None:
+    if libraries.find_nvcc() is None:
         pytest.skip("nvcc not found (PATH, CUDACXX, CUDA_HOME, /usr/local/cuda): cannot build CUDA sources")
 
 
@@ -77,7 +80,7 @@ def fake_trt_root(tmp_path_factory) -> Path | None:
     root = tmp_path_factory.mktemp("tensorrt")
     (root / "include").symlink_to(include, target_is_directory=True)
     (root / "lib").mkdir()
-    cuda_include = cuda_kernel.find_cuda_include_dir()
+    cuda_include = libraries.find_cuda_include_dir()
     if cuda_include is not None and shutil.which("g++") is not None:
         stub = PLUGIN_DIR / "testing" / "nvinfer_stub.cpp"
         proc = subprocess.run(["g++", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
@@ -89,13 +92,13 @@ def fake_trt_root(tmp_path_factory) -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def build_result(tmp_path_factory, fake_trt_root) -> cuda_kernel.BuildResult:
+def build_result(tmp_path_factory, fake_trt_root) -> libraries.BuildResult:
     """One configure + build of the whole project (five architectures), shared by this module."""
     _require_build_tools()
     build_dir = tmp_path_factory.mktemp("plugins-build")
     t0 = time.perf_counter()
-    result = cuda_kernel.build(build_dir, tensorrt_root=fake_trt_root)
-    print(f"\ncmake configure + build of plugins/ ({cuda_kernel.DEFAULT_CUDA_ARCHITECTURES}, "
+    result = libraries.build(build_dir, tensorrt_root=fake_trt_root)
+    print(f"\ncmake configure + build of plugins/ ({libraries.DEFAULT_CUDA_ARCHITECTURES}, "
           f"TensorRT headers {'found' if fake_trt_root else 'absent'}): {time.perf_counter() - t0:.1f} s")
     return result
 
@@ -104,7 +107,7 @@ def build_result(tmp_path_factory, fake_trt_root) -> cuda_kernel.BuildResult:
 
 
 def test_kernel_library_builds(build_result):
-    assert build_result.kernel_library is not None, f"no {cuda_kernel.KERNEL_LIBRARY} (see {build_result.log})"
+    assert build_result.kernel_library is not None, f"no {libraries.KERNEL_LIBRARY} (see {build_result.log})"
     assert build_result.kernel_selftest is not None
     blob = build_result.kernel_library.read_bytes()
     # Each embedded cubin carries its ptxas command line; the PTX its .target.
@@ -173,7 +176,7 @@ def test_readme_torch_example_runs_on_a_gpu(build_result):
 def test_plugin_compile_only_against_tensorrt_headers(tmp_path):
     include = _require_trt_headers()
     _require_build_tools()
-    result = cuda_kernel.build(tmp_path / "compile-only", tensorrt_root=include.parent, compile_only=True,
+    result = libraries.build(tmp_path / "compile-only", tensorrt_root=include.parent, compile_only=True,
                                targets=["debertrt_plugin_objects", "debertrt_plugin_static_objects"])
     objects = list((tmp_path / "compile-only").rglob("disentangled_attention_plugin.cpp.o"))
     assert len(objects) == 2, objects  # the loadLibrary flavor and the static-registration flavor
@@ -183,7 +186,7 @@ def test_plugin_compile_only_against_tensorrt_headers(tmp_path):
 
 def test_plugin_library_exports_loadlibrary_entry_points(build_result):
     _require_trt_headers()
-    assert build_result.plugin_library is not None, f"no {cuda_kernel.PLUGIN_LIBRARY} (see {build_result.log})"
+    assert build_result.plugin_library is not None, f"no {libraries.PLUGIN_LIBRARY} (see {build_result.log})"
     defined = {line.split()[-1] for line in _nm(build_result.plugin_library, "--defined-only").splitlines()
                if line.split() and line.split()[-2] == "T"}
     assert defined == {"getCreators", "setLoggerFinder"}
@@ -335,14 +338,14 @@ def test_binding_rejects_bad_arguments_before_loading_anything(monkeypatch):
 
 
 def test_missing_tools_are_one_line_errors(monkeypatch, tmp_path):
-    monkeypatch.setattr(cuda_kernel, "find_cmake", lambda: None)
-    with pytest.raises(cuda_kernel.PluginBuildError, match="cmake not found") as err:
-        cuda_kernel.build(tmp_path)
+    monkeypatch.setattr(libraries, "find_cmake", lambda: None)
+    with pytest.raises(libraries.PluginBuildError, match="cmake not found") as err:
+        libraries.build(tmp_path)
     assert "\n" not in str(err.value)
-    monkeypatch.setattr(cuda_kernel, "find_cmake", lambda: "/usr/bin/cmake")
-    monkeypatch.setattr(cuda_kernel, "find_nvcc", lambda: None)
-    with pytest.raises(cuda_kernel.PluginBuildError, match="nvcc not found") as err:
-        cuda_kernel.build(tmp_path)
+    monkeypatch.setattr(libraries, "find_cmake", lambda: "/usr/bin/cmake")
+    monkeypatch.setattr(libraries, "find_nvcc", lambda: None)
+    with pytest.raises(libraries.PluginBuildError, match="nvcc not found") as err:
+        libraries.build(tmp_path)
     assert "\n" not in str(err.value)
 
 
@@ -351,23 +354,23 @@ def test_failed_cmake_step_is_a_one_line_error(monkeypatch, tmp_path):
     fake.write_text("#!/bin/sh\necho '-- Configuring incomplete'\n"
                     "echo 'CMake Error at CMakeLists.txt:1 (x): boom' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(cuda_kernel, "find_cmake", lambda: str(fake))
-    monkeypatch.setattr(cuda_kernel, "find_nvcc", lambda: "/usr/bin/true")
-    with pytest.raises(cuda_kernel.PluginBuildError, match="cmake configure failed") as err:
-        cuda_kernel.build(tmp_path / "b")
+    monkeypatch.setattr(libraries, "find_cmake", lambda: str(fake))
+    monkeypatch.setattr(libraries, "find_nvcc", lambda: "/usr/bin/true")
+    with pytest.raises(libraries.PluginBuildError, match="cmake configure failed") as err:
+        libraries.build(tmp_path / "b")
     message = str(err.value)
     assert "\n" not in message and "CMake Error" in message and "debertrt-build.log" in message
     assert "boom" in (tmp_path / "b" / "debertrt-build.log").read_text()
 
 
 def test_source_hash_tracks_sources_and_options(monkeypatch, tmp_path):
-    base = cuda_kernel.source_hash(compile_only=False)
-    assert base == cuda_kernel.source_hash(compile_only=False)
-    assert base != cuda_kernel.source_hash(compile_only=True)
+    base = libraries.source_hash(compile_only=False)
+    assert base == libraries.source_hash(compile_only=False)
+    assert base != libraries.source_hash(compile_only=True)
     monkeypatch.setenv("DEBERTRT_CACHE", str(tmp_path))
-    directory = cuda_kernel.default_build_dir()
+    directory = libraries.default_build_dir()
     assert directory.parent == tmp_path / "plugins" and len(directory.name) == 16
-    files = {p.name for p in cuda_kernel.source_files()}
+    files = {p.name for p in libraries.source_files()}
     assert {"CMakeLists.txt", "disentangled_attention_kernel.cu", "disentangled_attention_plugin.cpp"} <= files
 
 

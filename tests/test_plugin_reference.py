@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 deberta_v2 = pytest.importorskip("transformers.models.deberta_v2.modeling_deberta_v2")
 deberta_v1 = pytest.importorskip("transformers.models.deberta.modeling_deberta")
 
-from debertrt.plugins import kernel_check, reference, spec  # noqa: E402
+from debertrt.plugins import kernel_cases, kernel_check, reference, spec  # noqa: E402
 
 PLUGIN_DIR = Path(reference.__file__).resolve().parent / "disentangled_attention"
 TABLES = {"linear": (0, 512), "log": (256, 512)}
@@ -171,9 +171,9 @@ def test_kernel_check_torch_reference_matches_numpy(presence, sq, sk):
     expected = reference.disentangled_attention(c2c, c2p, p2c, table, 0.25)
     as_t = (lambda a: None if a is None else torch.from_numpy(a))
     args = (as_t(c2c), as_t(c2p), as_t(p2c), torch.from_numpy(table), 0.25)
-    got32 = kernel_check.torch_reference(*args, compute_dtype=torch.float32, max_chunk=sq * sk)  # chunked path
+    got32 = kernel_cases.torch_reference(*args, compute_dtype=torch.float32, max_chunk=sq * sk)  # chunked path
     np.testing.assert_array_equal(got32.numpy(), expected)  # same float32 operations in the same order
-    got64 = kernel_check.torch_reference(*args)
+    got64 = kernel_cases.torch_reference(*args)
     assert got64.dtype == torch.float64
     np.testing.assert_allclose(got64.numpy(), expected, rtol=1e-6, atol=1e-6)
 
@@ -189,9 +189,9 @@ def test_kernel_check_eager_gathers_match_reference(presence):
     p2c = rng.standard_normal((4, s, 2 * span), dtype=np.float32) if has_p2c else None
     expected = reference.disentangled_attention(c2c, c2p, p2c, table, 0.5)
     as_t = (lambda a: None if a is None else torch.from_numpy(a))
-    rel = kernel_check.hf_relative_pos(torch.from_numpy(table), s)
+    rel = kernel_cases.hf_relative_pos(torch.from_numpy(table), s)
     np.testing.assert_array_equal(rel[0].numpy(), hf_relative_pos(s, 32, 128)[0].numpy())
-    got = kernel_check.hf_eager(as_t(c2c), as_t(c2p), as_t(p2c), rel, span, 0.5)
+    got = kernel_cases.hf_eager(as_t(c2c), as_t(c2p), as_t(p2c), rel, span, 0.5)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -199,45 +199,45 @@ def test_kernel_check_eager_gathers_match_reference(presence):
 @pytest.mark.parametrize("sq,sk,span", [(1, 1, 1), (7, 7, 4), (64, 64, 256), (65, 40, 8), (300, 300, 256)])
 def test_byte_floor_counts_distinct_elements(table, sq, sk, span):
     rel_table = reference.relative_position_table(*TABLES[table], 512)
-    c2p, p2c = kernel_check.used_positional_elements(rel_table, sq, sk, span)
+    c2p, p2c = kernel_cases.used_positional_elements(rel_table, sq, sk, span)
     delta = reference.delta_index(sq, sk, span, rel_table)
     assert c2p == sum(len(set(delta[i].tolist())) for i in range(sq))
     assert p2c == sum(len(set(delta[:, j].tolist())) for j in range(sk))
-    floor = kernel_check.byte_floor(3, sq, sk, rel_table, span, 2)
+    floor = kernel_cases.byte_floor(3, sq, sk, rel_table, span, 2)
     assert floor == 3 * 2 * (2 * sq * sk + c2p + p2c)
-    assert kernel_check.byte_floor(3, sq, sk, rel_table, span, 2, has_p2c=False) == 3 * 2 * (2 * sq * sk + c2p)
+    assert kernel_cases.byte_floor(3, sq, sk, rel_table, span, 2, has_p2c=False) == 3 * 2 * (2 * sq * sk + c2p)
 
 
 def test_kernel_check_case_matrix_covers_the_brief():
-    cases = kernel_check.correctness_cases()
+    cases = kernel_cases.correctness_cases()
     square = [c for c in cases if c.sq == c.sk]
-    assert {c.sq for c in square} == set(kernel_check.SEQ_LENS)
-    assert {c.rows for c in square} == set(kernel_check.ROWS)
-    assert {c.dtype for c in cases} == set(kernel_check.TOLERANCES)
+    assert {c.sq for c in square} == set(kernel_cases.SEQ_LENS)
+    assert {c.rows for c in square} == set(kernel_cases.ROWS)
+    assert {c.dtype for c in cases} == set(kernel_cases.TOLERANCES)
     assert {c.table for c in cases} == set(TABLES) and {c.presence for c in cases} == set(PRESENCE)
     assert any(c.sq != c.sk for c in cases)
     # Every (S, rows) pair runs, in every dtype where it is not the single 96 x 2048^2 case.
-    for s in kernel_check.SEQ_LENS:
-        for rows in kernel_check.ROWS:
+    for s in kernel_cases.SEQ_LENS:
+        for rows in kernel_cases.ROWS:
             dtypes = {c.dtype for c in square if c.sq == s and c.rows == rows}
             assert dtypes, (s, rows)
             if rows * s * s < 96 * 2048 * 2048:
-                assert dtypes == set(kernel_check.TOLERANCES), (s, rows)
+                assert dtypes == set(kernel_cases.TOLERANCES), (s, rows)
     # The big cases are few: at most one above 12 * 2048^2 elements.
     assert sum(c.numel > 12 * 2048 * 2048 for c in cases) == 1
-    assert len(kernel_check.correctness_cases(quick=True)) < len(cases)
+    assert len(kernel_cases.correctness_cases(quick=True)) < len(cases)
     # Spans: log buckets use position_buckets, linear min(S, max_relative_positions) (v1).
-    assert kernel_check.Case(1, 2048, 2048, "linear", "both", "float16").span == 512
-    assert kernel_check.Case(1, 7, 7, "linear", "both", "float16").span == 7
-    assert kernel_check.Case(1, 7, 7, "log", "both", "float16").span == 256
+    assert kernel_cases.Case(1, 2048, 2048, "linear", "both", "float16").span == 512
+    assert kernel_cases.Case(1, 7, 7, "linear", "both", "float16").span == 7
+    assert kernel_cases.Case(1, 7, 7, "log", "both", "float16").span == 256
 
 
 def test_relative_error_flags_nan():
     ref = torch.ones(4, dtype=torch.float64)
-    assert kernel_check.relative_error(ref.clone(), ref) == 0.0
+    assert kernel_cases.relative_error(ref.clone(), ref) == 0.0
     bad = ref.clone()
     bad[2] = math.nan
-    assert math.isnan(kernel_check.relative_error(bad, ref))
+    assert math.isnan(kernel_cases.relative_error(bad, ref))
 
 
 def test_kernel_check_without_gpu_exits_2(capsys, tmp_path):

@@ -25,6 +25,9 @@ from debertrt.core.data import Dataset, text_dataset
 from debertrt.core.errors import DebertrtError
 from debertrt.plugins.graph_types import elem_types
 
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_precision")
+
 TASK = "sequence-classification"
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 

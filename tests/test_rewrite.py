@@ -4,7 +4,6 @@ CLI, and the ONNX Runtime op (PyOp) behind plugin graphs."""
 
 from __future__ import annotations
 
-import re
 import shutil
 
 import numpy as np
@@ -12,18 +11,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from debertrt.core.artifacts import read_json
 from debertrt.compiler.cli import main
+from debertrt.core.artifacts import read_json
 from debertrt.core.compare import output_errors
 from debertrt.core.errors import DebertrtError
 from debertrt.core.data import random_batch
 from debertrt.core.models import PRESETS, load_model, preset_config, tasks_for
-from debertrt.core.onnx_utils import node_scopes
 from debertrt.compiler.rewrite import ModelFacts, relative_position_table, rewrite
 from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 from debertrt.plugins import spec
 from debertrt.plugins.ort import ort_session
 from debertrt.plugins.reference import delta_index, disentangled_attention
+from fixtures import attention_graphs
 
 EXPORTERS = ("torchscript", "dynamo")
 SEQUENCES = (1, 7, 64, 65, 300)  # 300 > tiny-deberta's max_relative_positions (128)
@@ -186,88 +185,52 @@ def test_other_configs_rewrite_and_match(exported, tmp_path, preset, overrides, 
     compare(ref, onnx_path, out, (1, 7, 65, 300))
 
 
-# ------------------------------------------------------------------ refusing what is not the pattern
+# ------------------------------------------------------------------ small graphs: what is and is not the pattern
 
 
-def _copy_with_manifest(onnx_path, model, tmp_path):
-    shutil.copy(onnx_path.parent / "manifest.json", tmp_path / "manifest.json")
-    path = tmp_path / "model.onnx"
-    onnx.save(model, str(path))
-    return path
+@pytest.mark.parametrize("sequence", [1, 7, 64])
+def test_a_small_attention_graph_rewrites_exactly(tmp_path, sequence):
+    """The graph fixture (tests/fixtures/attention_graphs.py) as the exporters write it: the plugin
+    graph equals the original at every position, pads and an all-pad row included."""
+    path = attention_graphs.build(tmp_path)
+    result = rewrite(path)
+    assert result.summary["layers"] == 2 and result.summary["nodes"]["added"] == 2
+    rng = np.random.default_rng(sequence)
+    ids = rng.integers(1, attention_graphs.VOCAB, size=(3, sequence))
+    mask = np.ones_like(ids)
+    mask[1, sequence // 2 + 1:] = 0
+    mask[2] = 0
+    feed = {"input_ids": ids, "attention_mask": mask}
+    with OnnxRuntimeRunner(path) as plain, OnnxRuntimeRunner(result.path) as plugin:
+        want, got = plain.infer(feed)["last_hidden_state"], plugin.infer(feed)["last_hidden_state"]
+    assert np.isfinite(got).all() and np.abs(want - got).max() <= 1e-6
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-def test_a_broken_index_path_names_the_layer(exported, tmp_path, exporter):
-    """Layer 1's c2p index gets an Abs between the clamp and the gather: not the pattern any more."""
-    onnx_path = exported("tiny-deberta-v3", "base", exporter)
-    model = onnx.load(str(onnx_path))
-    scopes = node_scopes(model)
-    nodes = list(model.graph.node)
-    gather = next(n for n in nodes if n.op_type == "GatherElements"
-                  and re.search(r"layer\.1\b", scopes.get(n.name, n.name)))
-    broken = gather.input[1] + "_broken"
-    model.graph.node.insert(nodes.index(gather), helper.make_node("Abs", [gather.input[1]], [broken], name="broken"))
-    gather.input[1] = broken
-    path = _copy_with_manifest(onnx_path, model, tmp_path)
-    with pytest.raises(DebertrtError, match=r"layer\.1\b.*unrecognised.*Abs"):
+@pytest.mark.parametrize("defect, message", [
+    ("abs-on-index", r"layer\.1\b.*unrecognised.*Abs"),
+    ("clamp-short", r"layer\.1\b.*GatherElements.*is not clamp.*S=64"),  # only long sequences reach the clamp
+    ("span-off-by-one", r"layer\.0\b.*span at S=5 is 7.*config says 8"),
+    ("unscaled", r"layer\.1\b.*scales the positional terms by 1 .*gives 0\.204"),
+    ("swapped", r"layer\.1\b.*gathers the p2c way but its result is not transposed"),
+])
+def test_a_planted_defect_is_refused_naming_the_layer(tmp_path, defect, message):
+    path = attention_graphs.build(tmp_path, defect=defect)
+    with pytest.raises(DebertrtError, match=message) as error:
         rewrite(path)
-    assert not (tmp_path / "model.plugin.onnx").exists()
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "model.plugin.onnx").exists() and not (tmp_path / "model.plugin.rewrite.json").exists()
 
 
-def test_a_wrong_clamp_is_caught_by_measurement(exported, tmp_path):
-    """Layer 1's index clamps at 126 instead of 2*span-1 = 127: the structure still looks right,
-    the values differ, and only at long sequences (rel + span never reaches 127 below S = 64)."""
-    import onnx_graphsurgeon as gs
-
-    onnx_path = exported("tiny-deberta-v2", "base", "torchscript")
-    graph = gs.import_onnx(onnx.load(str(onnx_path)))
-    gather = next(n for n in graph.nodes if n.op == "GatherElements" and "/layer.1/" in n.name)
-    # this export: Expand(Squeeze(Clip(Add(rel, 64), 0, 127))), the Squeeze and Clip shared by both
-    # layers; layer 1 gets its own Clip and Squeeze
-    expand = gather.inputs[1].inputs[0]
-    squeeze = expand.inputs[0].inputs[0]
-    clip = squeeze.inputs[0].inputs[0]
-    assert (expand.op, squeeze.op, clip.op) == ("Expand", "Squeeze", "Clip") and "/layer.1/" in expand.name
-    clipped = gs.Variable("broken_clip", dtype=np.int64)
-    squeezed = gs.Variable("broken_squeeze", dtype=np.int64)
-    graph.nodes += [gs.Node("Clip", inputs=[clip.inputs[0], clip.inputs[1], gs.Constant("max126", np.array(126))],
-                            outputs=[clipped]),
-                    gs.Node("Squeeze", inputs=[clipped, squeeze.inputs[1]], outputs=[squeezed])]
-    expand.inputs[0] = squeezed
-    path = _copy_with_manifest(onnx_path, gs.export_onnx(graph.toposort()), tmp_path)
-    with pytest.raises(DebertrtError, match=r"layer\.1\b.*GatherElements.*is not clamp.*S=512"):
-        rewrite(path)
-
-
-def test_a_wrong_span_is_caught_by_measurement(exported, tmp_path):
-    """The span constant (shared by both layers in this export) says 63; the config says 64."""
-    import onnx_graphsurgeon as gs
-
-    onnx_path = exported("tiny-deberta-v2", "base", "torchscript")
-    graph = gs.import_onnx(onnx.load(str(onnx_path)))
-    gather = next(n for n in graph.nodes if n.op == "GatherElements" and "/layer.0/" in n.name)
-    expand = gather.inputs[1].inputs[0]  # Expand(Squeeze(Clip(Add(rel, 64), 0, 127)))
-    add = expand.inputs[0].inputs[0].inputs[0].inputs[0].inputs[0].inputs[0]
-    assert add.op == "Add"
-    k = next(i for i, t in enumerate(add.inputs) if t.inputs and t.inputs[0].op == "Constant")
-    add.inputs[k] = gs.Constant("broken_span", np.array(63, dtype=np.int64))
-    path = _copy_with_manifest(onnx_path, gs.export_onnx(graph), tmp_path)
-    with pytest.raises(DebertrtError, match=r"layer\.0\b.*span.*63.*64"):
-        rewrite(path)
-
-
-def test_missing_gathers_are_counted(exported, tmp_path):
+def test_missing_layers_are_counted(tmp_path):
     """A config that claims more layers than the graph has: the count check refuses it."""
-    onnx_path = exported("tiny-deberta-v3", "base", "torchscript")
-    config = read_json(onnx_path.parent / "manifest.json")["stages"]["export"]["config"]
-    config["num_hidden_layers"] = 3
+    path = attention_graphs.build(tmp_path)
     with pytest.raises(DebertrtError, match=r"2 layers.*has 3.*layer\.2"):
-        rewrite(onnx_path, tmp_path / "model.plugin.onnx", config=config)
+        rewrite(path, tmp_path / "model.plugin.onnx", config=attention_graphs.config(layers=3))
 
 
-def test_a_model_without_manifest_is_refused(exported, tmp_path):
-    onnx_path = exported("tiny-deberta-v3", "base", "torchscript")
-    shutil.copy(onnx_path, tmp_path / "model.onnx")
+def test_a_model_without_manifest_is_refused(tmp_path):
+    path = attention_graphs.build(tmp_path / "with")
+    shutil.copy(path, tmp_path / "model.onnx")
     with pytest.raises(DebertrtError, match="manifest"):
         rewrite(tmp_path / "model.onnx")
 

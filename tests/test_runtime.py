@@ -22,6 +22,9 @@ from debertrt.runtime.engine import Engine, unavailable_reason
 from debertrt.runtime.engine_json import EngineMetadata
 from debertrt.runtime import engine as runtime_module
 
+# its module/session fixtures are costly: one xdist worker runs the whole file
+pytestmark = pytest.mark.xdist_group("test_runtime")
+
 HAS_RTX = FLAVOURS["tensorrt-rtx"].available()
 requires_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX is not installed (pip install 'debertrt[rtx]')")
 

@@ -26,8 +26,9 @@ def write_jsonl(path, records):
 
 
 @pytest.fixture(scope="module")
-def classifier(text_model):
-    return load_model(str(text_model("sequence-classification", num_labels=2)), "sequence-classification")
+def classifier(text_checkpoint):
+    path = text_checkpoint("tiny-deberta-v3", "sequence-classification", num_labels=2)
+    return load_model(str(path), "sequence-classification")
 
 
 @pytest.fixture()
@@ -87,10 +88,11 @@ def test_stride_is_for_token_and_span_tasks_only(classifier, mixed_lengths):
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_token_windows_merge_back_onto_every_token(text_model, tmp_path, padding_side):
+def test_token_windows_merge_back_onto_every_token(text_checkpoint, tmp_path, padding_side):
     """Logits that name each window token's id: merged per example they must give back the ids of
     the whole text, in order, whichever side the tokenizer pads."""
-    ref = load_model(str(text_model("token-classification", padding_side=padding_side)), "token-classification")
+    path = text_checkpoint("tiny-deberta-v3", "token-classification", padding_side=padding_side)
+    ref = load_model(str(path), "token-classification")
     texts = [sentence(60, 1), sentence(4, 2), sentence(33, 3)]
     data = write_jsonl(tmp_path / "long.jsonl", [{"text": t} for t in texts])
     dataset = text_dataset(ref, data, batch_size=4, max_length=16, text=TextOptions(stride=5))
@@ -107,8 +109,8 @@ def test_token_windows_merge_back_onto_every_token(text_model, tmp_path, padding
         assert labels.tolist() == ref.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def test_token_windows_in_a_parity_report(text_model, tmp_path):
-    ref = load_model(str(text_model("token-classification")), "token-classification")
+def test_token_windows_in_a_parity_report(text_checkpoint, tmp_path):
+    ref = load_model(str(text_checkpoint("tiny-deberta-v3", "token-classification")), "token-classification")
     texts = [sentence(n, n) for n in (50, 2, 70, 20)]
     data = write_jsonl(tmp_path / "long.jsonl", [{"text": t} for t in texts])
     longer = sum(len(ref.tokenizer(t)["input_ids"]) > 16 for t in texts)
@@ -125,10 +127,11 @@ def test_token_windows_in_a_parity_report(text_model, tmp_path):
     assert "Windows: 3 examples split into windows of 16 tokens sharing 4" in (tmp_path / "report.md").read_text()
 
 
-def test_question_windows_find_the_span_in_the_context(text_model, tmp_path):
+def test_question_windows_find_the_span_in_the_context(text_checkpoint, tmp_path):
     """Start and end logits peaked on one context token of one window: the merged answer is that
     token's characters in the context, found in whichever window holds it."""
-    ref = load_model(str(text_model("question-answering")), "question-answering")
+    path = text_checkpoint("tiny-deberta-v3", "question-answering", num_labels=2)  # start and end logits
+    ref = load_model(str(path), "question-answering")
     context = sentence(80, 5)
     data = write_jsonl(tmp_path / "qa.jsonl", [{"text": "where is the cat", "text_pair": context},
                                                {"text": "sun", "text_pair": sentence(6, 6)}])
@@ -154,8 +157,8 @@ def test_question_windows_find_the_span_in_the_context(text_model, tmp_path):
 # ---------------------------------------------------------------------------- tokenizers
 
 
-def test_the_fast_tokenizer_is_used_and_named(text_model, tmp_path):
-    path = text_model("sequence-classification", files="spm", num_labels=2)
+def test_the_fast_tokenizer_is_used_and_named(text_checkpoint, tmp_path):
+    path = text_checkpoint("tiny-deberta-v3", "sequence-classification", files="spm", num_labels=2)
     try:
         from transformers import AutoTokenizer
 
@@ -169,11 +172,11 @@ def test_the_fast_tokenizer_is_used_and_named(text_model, tmp_path):
         "class": "DebertaV2Tokenizer", "fast": True, "source": "converted from spm.model"}
 
 
-def test_a_slow_tokenizer_is_named_and_refuses_windows(text_model, tmp_path, monkeypatch):
+def test_a_slow_tokenizer_is_named_and_refuses_windows(text_checkpoint, tmp_path, monkeypatch):
     """Where no fast tokenizer can be made, the slow one is used and the report says so."""
     from transformers import AutoTokenizer
 
-    path = text_model("token-classification")
+    path = text_checkpoint("tiny-deberta-v3", "token-classification")
     original = AutoTokenizer.from_pretrained.__func__
 
     def no_fast(cls, *args, use_fast=True, **kwargs):
@@ -206,8 +209,8 @@ def test_multiple_choice_files(tmp_path):
         read_examples(bad)
 
 
-def test_multiple_choice_data_shapes_and_checks(text_model, tmp_path):
-    ref = load_model(str(text_model("multiple-choice")), "multiple-choice")
+def test_multiple_choice_data_shapes_and_checks(text_checkpoint, tmp_path):
+    ref = load_model(str(text_checkpoint("tiny-deberta-v3", "multiple-choice")), "multiple-choice")
     data = write_jsonl(tmp_path / "mc.jsonl", [{"text": sentence(4, k), "choices": [sentence(3 + j, k + j) for j in
                                                                                     range(3)], "label": k % 3}
                                                for k in range(5)])
