@@ -195,6 +195,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def _check_room(tokenizer, k: int, question: str | None, limit: int, stride: int) -> None:
+    """Refuse a stride that leaves a window no new text (the tokenizers library would panic)."""
+    specials = tokenizer.num_special_tokens_to_add(pair=question is not None)
+    asked = len(tokenizer(question, add_special_tokens=False)["input_ids"]) if question is not None else 0
+    room = limit - specials - asked
+    if stride >= room:
+        what = f"{specials} special tokens" + (f" and the question's {asked} tokens" if question is not None else "")
+        raise DebertrtError(f"example {k + 1}: windows of {limit} tokens have room for {max(room, 0)} tokens of text "
+                            f"after {what}, not more than --stride {stride}; lower --stride or raise --max-length")
+
+
 def split(tokenizer, task: str, texts: list, limit: int | None, stride: int) -> tuple[list[list[dict]], Windows]:
     """Every example as windows of at most ``limit`` tokens sharing ``stride`` tokens (one item of
     one row per window), and the ``Windows`` that maps them back."""
@@ -215,6 +226,7 @@ def split(tokenizer, task: str, texts: list, limit: int | None, stride: int) -> 
                                 + ("a question (\"text\") and a context (\"text_pair\")" if qa else "single texts "
                                    "(no \"text_pair\")"))
         first, second = text if qa else (text, None)
+        _check_room(tokenizer, k, first if qa else None, limit, stride)
         try:
             enc = tokenizer(first, second, truncation="only_second" if qa else True, max_length=limit, stride=stride,
                             return_overflowing_tokens=True, return_offsets_mapping=True)

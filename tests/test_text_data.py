@@ -98,7 +98,8 @@ def test_token_windows_merge_back_onto_every_token(text_checkpoint, tmp_path, pa
     dataset = text_dataset(ref, data, batch_size=4, max_length=16, text=TextOptions(stride=5))
     windows = dataset.windows
     info = dataset.describe()["windows"]
-    assert info["examples_split"] == 2 and info["windows"] > 5 and info["stride"] == 5
+    longer = sum(len(ref.tokenizer(t)["input_ids"]) > 16 for t in texts)
+    assert longer >= 2 and info["examples_split"] == longer and info["windows"] > 5 and info["stride"] == 5
     assert max(b["input_ids"].shape[-1] for b in dataset.batches) <= 16
     if padding_side == "left":
         assert any(b["attention_mask"][:, 0].min() == 0 for b in dataset.batches)
@@ -135,7 +136,9 @@ def test_question_windows_find_the_span_in_the_context(text_checkpoint, tmp_path
     context = sentence(80, 5)
     data = write_jsonl(tmp_path / "qa.jsonl", [{"text": "where is the cat", "text_pair": context},
                                                {"text": "sun", "text_pair": sentence(6, 6)}])
-    dataset = text_dataset(ref, data, batch_size=3, max_length=24, text=TextOptions(stride=6))
+    with pytest.raises(DebertrtError, match="room for .* tokens of text after 3 special tokens and the question"):
+        text_dataset(ref, data, max_length=12, text=TextOptions(stride=6))
+    dataset = text_dataset(ref, data, batch_size=3, max_length=40, text=TextOptions(stride=6))
     windows = dataset.windows
     target = [w for w in windows.items if w.example == 0][3]  # a window well inside the context
     outputs = []
@@ -164,7 +167,10 @@ def test_the_fast_tokenizer_is_used_and_named(text_checkpoint, tmp_path):
 
         AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # the environment, not debertrt: e.g. a protobuf older than transformers' gencode
-        pytest.skip(f"transformers cannot convert a SentencePiece model here: {str(exc).splitlines()[0][:200]}")
+        import google.protobuf
+
+        pytest.skip(f"transformers cannot convert a SentencePiece model here (protobuf {google.protobuf.__version__}; "
+                    f"transformers' sentencepiece_model_pb2 may need a newer one): {str(exc).splitlines()[0][:160]}")
     converted = load_model(str(path), "sequence-classification")
     assert converted.tokenizer.is_fast and converted.tokenizer_source == "converted from spm.model"
     data = write_jsonl(tmp_path / "d.jsonl", [{"text": sentence(5)}])
