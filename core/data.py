@@ -29,7 +29,7 @@ DEFAULT_RANDOM_LENGTH = 128
 class Dataset:
     """Batches (dicts of int64 arrays) and, where the source had them, one label per example.
 
-    ``windows``: for long texts split into overlapping windows (``core.windows.Windows``), which
+    ``windows``: for long texts split into overlapping windows (``core.text.Windows``), which
     rows belong to which example; the batches then hold one window per row."""
 
     batches: list[dict[str, np.ndarray]]
@@ -316,8 +316,8 @@ def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int =
     Nothing is cut silently: an example longer than ``max_length`` (default: the model's maximum;
     no limit for a model that takes any length) is an error naming how many and how long, unless
     ``text.truncate`` cuts it (counted in the report) or ``text.stride`` splits it into windows
-    (``core.windows``)."""
-    from . import windows as W
+    (``core.text``)."""
+    from . import text as T
 
     if ref.tokenizer is None:
         raise DebertrtError(
@@ -330,7 +330,7 @@ def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int =
         texts = [texts[i] for i in indices]
         labels = [labels[i] for i in indices] if labels is not None else None
         extra["example_numbers"] = numbers  # 1-based, in file order
-    W.check_examples(texts, ref.task, path)
+    T.check_examples(texts, ref.task, path)
     if max_length is not None:
         check_sequence(ref, max_length)
     limit = max_length or ref.max_sequence
@@ -341,19 +341,19 @@ def text_dataset(ref: ReferenceModel, path: str | os.PathLike, batch_size: int =
                        "padding_side='right'", type(tokenizer).__name__, ref.task)
     windows = None
     if text.stride is not None:
-        rows, windows = W.split(tokenizer, ref.task, texts, limit, text.stride)
+        rows, windows = T.split(tokenizer, ref.task, texts, limit, text.stride)
         labels = None  # per-example labels do not apply to windows
     else:
-        rows = [W.encode(tokenizer, t, ref.task) for t in texts]
+        rows = [T.encode(tokenizer, t, ref.task) for t in texts]
         lengths = [max(len(r["input_ids"]) for r in example) for example in rows]
         too_long = [k for k, n in enumerate(lengths) if limit is not None and n > limit]
         if too_long and not text.truncate:
-            raise W.too_long_error(ref, path, too_long, lengths, numbers, limit)
+            raise T.too_long_error(ref, path, too_long, lengths, numbers, limit)
         if too_long:
             for k in too_long:
-                rows[k] = W.encode(tokenizer, texts[k], ref.task, limit)
+                rows[k] = T.encode(tokenizer, texts[k], ref.task, limit)
             extra["truncated"] = {"examples": len(too_long), "limit": limit, "longest": max(lengths)}
-    batches, places = W.pad_batches(tokenizer, rows, batch_size, ref.input_names, ref.task)
+    batches, places = T.pad_batches(tokenizer, rows, batch_size, ref.input_names, ref.task)
     if windows is not None:
         windows.place(places)
     label_batches = None
