@@ -40,7 +40,8 @@ def graph_random_dataset(model, batches: int, batch_size: int, max_sequence: int
     vocab = vocab_size(model)
     if vocab is None:
         raise DebertrtError("cannot tell the vocabulary size from the graph: pass calibration data or --model")
-    space = TokenSpace(tuple(i.name for i in model.graph.input), vocab)
+    ranks = {len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+    space = TokenSpace(tuple(i.name for i in model.graph.input), vocab, multiple_choice=ranks == {3})
     return token_dataset(space, batches, batch_size, max_sequence, seed, source="random (from the graph)")
 
 
@@ -62,9 +63,9 @@ def check_dataset(dataset: Dataset, input_names, vocab: int | None = None, what:
             arr = np.asarray(batch[name])
             if arr.dtype.kind not in "iu":
                 raise DebertrtError(f"{where}: {name} must hold integers, got {arr.dtype}")
-            if arr.ndim != 2 or arr.size == 0:
-                raise DebertrtError(f"{where}: {name} must be a non-empty [batch, sequence] array, got shape "
-                                    f"{arr.shape}")
+            if arr.ndim not in (2, 3) or arr.size == 0:
+                raise DebertrtError(f"{where}: {name} must be a non-empty [batch, sequence] (or [batch, choices, "
+                                    f"sequence]) array, got shape {arr.shape}")
             if shape is not None and arr.shape != shape:
                 raise DebertrtError(f"{where}: {name} has shape {arr.shape}, other inputs {shape}")
             shape = arr.shape

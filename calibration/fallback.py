@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core import onnx_utils as ox
-from debertrt.plugins.ort import ort_session
-from debertrt.core.compare import TaskAgreement, accuracy, predictions, row_cosines
+from debertrt.core.compare import LABELLED_TASKS, TaskAgreement, accuracy, predictions, row_cosines
 from debertrt.core.errors import DebertrtError, first_line
+from debertrt.plugins.ort import ort_session
 
 from .data import feeds
 
@@ -50,7 +50,7 @@ class Scorer:
         self.input_names = [i.name for i in fp32_model.graph.input]
         self.feeds = feeds(dataset, self.input_names)
         self.reference = self._run(fp32_model)
-        self.labels = dataset.labels if (dataset.labels is not None and task == "sequence-classification") else None
+        self.labels = dataset.labels if (dataset.labels is not None and task in LABELLED_TASKS) else None
         if self.labels is not None:
             self.metric = "accuracy"
         else:  # agreement with fp32's predictions; a model that predicts nothing (base): its hidden states' cosine

@@ -30,7 +30,7 @@ from debertrt.plugins.graph_types import elem_types
 
 from . import graph as G
 from .data import default_dataset, check_dataset, feeds, vocab_size
-from .options import Fp16Options
+from .options import FP16_MAX, Fp16Options
 from .fp16_rules import Decision, decide
 from .ranges import TensorRanges, collect_ranges
 
@@ -208,11 +208,18 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
 
 
 def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
-    """Max |fp16 - fp32| per output on a few calibration batches; non-finite fp16 output raises."""
+    """Max |fp16 - fp32| per output on a few calibration batches, and the largest |x| any fp16 tensor
+    holds there; a non-finite fp16 tensor raises. Every fp16 tensor is materialised in fp16 for
+    this: ONNX Runtime on the CPU otherwise runs fp16 chains in fp32 and hides an overflow that a
+    GPU would show."""
     import tempfile
 
     workdir.mkdir(parents=True, exist_ok=True)
     result = {}
+    types = elem_types(fp16_model)
+    halves = [o for node in fp16_model.graph.node for o in node.output if types.get(o) == FLOAT16]
+    largest = collect_ranges(fp16_model, feed_list, halves, workdir, graph="fp16",
+                             advice="fp16 overflows there: lower --fp16-threshold to keep more of the graph in fp32")
     with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
         s32, s16 = ort_session(fp32_model, base_dir=tmp), ort_session(fp16_model, base_dir=tmp)
         names = [o.name for o in s32.get_outputs()]
@@ -225,7 +232,8 @@ def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
                                         f"lower the fp16 threshold to keep more of the graph in fp32")
                 err = float(np.abs(np.asarray(x, np.float32) - y).max()) if x.size else 0.0
                 result[name] = max(result.get(name, 0.0), err)
-    return {"batches": len(feed_list), "max_abs_vs_fp32_graph": result}
+    return {"batches": len(feed_list), "max_abs_vs_fp32_graph": result,
+            "fp16_max_abs": max(largest.amax.values(), default=0.0)}
 
 
 def _report(src: Path, out: Path, dataset, ranges: TensorRanges, decision: Decision, options: Fp16Options,
@@ -239,6 +247,12 @@ def _report(src: Path, out: Path, dataset, ranges: TensorRanges, decision: Decis
         kept.append({"node": name, "op": node.op_type if node is not None else "?", "kind": kind, "reason": detail,
                      "where": ox.layer_label(node, scopes) if node is not None else name})
     producer = ox.producers(model.graph)
+    above = {}  # where activations left the fp16 range: the measured islands, by layer
+    for k in kept:
+        if k["kind"] == "measured-range" and k["node"] in nodes:
+            island = above.setdefault(k["where"], {"where": k["where"], "nodes": [], "max_abs": 0.0})
+            island["nodes"].append(k["node"])
+            island["max_abs"] = max([island["max_abs"]] + [ranges.get(o) for o in nodes[k["node"]].output])
     top = sorted(ranges.amax.items(), key=lambda kv: -kv[1])[:12]
     largest = [{"tensor": t, "max_abs": v, "op": producer[t].op_type if t in producer else "?",
                 "fp32": (producer[t].name in decision.fp32) if t in producer else None} for t, v in top]
@@ -246,10 +260,13 @@ def _report(src: Path, out: Path, dataset, ranges: TensorRanges, decision: Decis
                "nodes_without_float": decision.untouched, "casts_inserted": decision.casts_inserted,
                "casts_retargeted": decision.casts_retargeted,
                "fp32_by_kind": dict(Counter(k["kind"] for k in kept)),
-               "fp32_by_op": dict(Counter(k["op"] for k in kept))}
+               "fp32_by_op": dict(Counter(k["op"] for k in kept)),
+               "above_range": [{"where": i["where"], "nodes": len(i["nodes"]), "max_abs": i["max_abs"]}
+                               for i in above.values()]}
     return {"source": src.name, "output": out.name, "threshold": options.threshold,
             "plugin_fp16": options.plugin_fp16, "calibration": {**dataset.describe(), "batches_run": ranges.batches},
-            "summary": summary, "check": check, "fp32_nodes": kept, "largest_activations": largest}
+            "summary": summary, "check": check, "fp32_nodes": kept, "largest_activations": largest,
+            "above_range": list(above.values())}
 
 
 def render_markdown(report: dict) -> str:
@@ -266,7 +283,14 @@ def render_markdown(report: dict) -> str:
         f"DisentangledAttention I/O: {'fp16' if report['plugin_fp16'] else 'fp32'}.",
         "",
         "Check on calibration batches, max |fp16 graph − fp32 graph|: " + ", ".join(
-            f"{k} {v:.3g}" for k, v in report["check"]["max_abs_vs_fp32_graph"].items()),
+            f"{k} {v:.3g}" for k, v in report["check"]["max_abs_vs_fp32_graph"].items())
+        + f"; largest |x| held in an fp16 tensor: {report['check']['fp16_max_abs']:.4g} (fp16 max {FP16_MAX:g}).",
+        "",
+        "## Activations beyond the range threshold (fp32 islands by measurement)",
+        "",
+        *(["| where | nodes kept fp32 | largest abs |", "|---|---|---|"]
+          + [f"| {i['where']} | {len(i['nodes'])} | {i['max_abs']:.4g} |" for i in report["above_range"]]
+          if report["above_range"] else ["none on the calibration data"]),
         "",
         "## Kept in fp32, by reason",
         "",

@@ -42,10 +42,15 @@ def float_tensors(model, types: dict[str, int]) -> list[str]:
     return names
 
 
+OVERFLOW_ADVICE = "the model overflows on this data — check the weights and the inputs before calibrating"
+
+
 def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = None,
-                   workdir: str | os.PathLike | None = None) -> TensorRanges:
-    """Run ``model`` (an fp32 ``ModelProto``) on ``feed_list``, return max |x| of ``tensors``
-    (default: every float tensor), raising ``DebertrtError`` on a non-finite value."""
+                   workdir: str | os.PathLike | None = None, graph: str = "fp32",
+                   advice: str = OVERFLOW_ADVICE) -> TensorRanges:
+    """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return max |x| of
+    ``tensors`` (default: every float tensor, each materialised in its own type), raising
+    ``DebertrtError`` with ``advice`` on a non-finite value."""
     import onnx
 
     typed = value_types(model)
@@ -86,9 +91,8 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
                     what = f"{node.op_type} node {node.name!r}" if node is not None else "the graph"
                     kind = "NaN" if np.isnan(value).any() else "inf"
                     raise DebertrtError(
-                        f"calibration batch {k}: tensor {name!r} (output of {what}) holds {kind} in the fp32 graph "
-                        f"({int((~finite).sum())} of {value.size} values); the model overflows on this data — check "
-                        f"the weights and the inputs before calibrating")
+                        f"calibration batch {k}: tensor {name!r} (output of {what}) holds {kind} in the {graph} graph "
+                        f"({int((~finite).sum())} of {value.size} values); {advice}")
                 amax = float(np.abs(value).max())
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
             ranges.batches += 1

@@ -38,6 +38,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -87,8 +94,14 @@ def _data_args(p) -> None:
     g.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
                    help=f"examples per batch (default {DEFAULT_BATCH_SIZE})")
     g.add_argument("--max-length", type=_positive, default=None,
-                   help=f"longest sequence (default: {DEFAULT_RANDOM_LENGTH} for random data, the model's maximum "
-                        f"for files)")
+                   help=f"longest sequence (default: {DEFAULT_RANDOM_LENGTH} for random data; for files the "
+                        f"model's maximum, or the engine profile's with build; none for a model of any length)")
+    cut = g.add_mutually_exclusive_group()
+    cut.add_argument("--truncate", action="store_true",
+                     help="cut text examples longer than --max-length (counted in the report; default: refuse them)")
+    cut.add_argument("--stride", type=_non_negative, default=None, metavar="N",
+                     help="token-classification, question-answering: split long text examples into windows of "
+                          "--max-length tokens sharing N tokens, answers merged back per example")
 
 
 def _export_args(p) -> None:
@@ -117,8 +130,9 @@ def _engine_args(p, backends, default_backend: str) -> None:
                    help=f"engine builder (default {default_backend}; tensorrt-rtx builds ahead of time without a "
                         f"GPU and takes no plugin layers)")
     g.add_argument("--profile", type=_profile, action="append", default=None,
-                   help="optimization profile, e.g. batch=1:4:16,sequence=1:128:512 (repeat for several; default "
-                        "batch=1:4:16,sequence=1:128:<model max>)")
+                   help="optimization profile, e.g. batch=1:4:16,sequence=1:128:512 (multiple choice: also "
+                        "choices=1:4:8) (repeat for several; default batch=1:4:16,sequence=1:128:512 clipped to the "
+                        "model's maximum)")
     g.add_argument("--plugin-library", type=Path, default=None,
                    help="libdebertrt_plugins.so for plugin graphs (default: $DEBERTRT_PLUGIN_LIBRARY or build/plugins)")
 
@@ -148,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rewrite", help="DIR/model.onnx -> DIR/model.plugin.onnx (one DisentangledAttention node per layer)")
     p.add_argument("onnx", type=Path, help="a model.onnx written by 'debertrt export' (its manifest.json gives the config)")
     p.add_argument("--out", type=Path, default=None, help="output path (default: DIR/model.plugin.onnx)")
+    p.add_argument("--max-sequence", type=_positive, default=None, metavar="N",
+                   help="longest sequence the plugin graph takes: sizes its relative-position table (default "
+                        "max_position_embeddings; beyond it only for models without absolute positions)")
     p.set_defaults(run=commands.rewrite)
 
     p = sub.add_parser("calibrate", help="DIR/model.onnx -> DIR/model.fp16.onnx or DIR/model.int8.onnx "

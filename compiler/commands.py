@@ -9,11 +9,22 @@ from pathlib import Path
 
 from debertrt.core.errors import DebertrtError
 
-def _datasets(args, ref, purposes):
+def _text_options(args):
+    from debertrt.core.data import TextOptions
+
+    return TextOptions(truncate=args.truncate, stride=args.stride)
+
+
+def _datasets(args, ref, purposes, profiles=()):
+    """The example sets of a run; text examples are held to --max-length, else to the longest
+    sequence of the engine profiles (random data is drawn at --max-length, else its default)."""
     from debertrt.core.data import datasets_for
 
+    max_length = args.max_length
+    if args.data is not None and max_length is None and profiles:
+        max_length = max(p.sequence[2] for p in profiles)
     return datasets_for(ref, purposes, args.data, batches=args.batches, batch_size=args.batch_size,
-                        max_length=args.max_length)
+                        max_length=max_length, text=_text_options(args))
 
 
 def _export_options(args):
@@ -35,7 +46,7 @@ def export(args) -> int:
 def rewrite(args) -> int:
     from .rewrite import rewrite
 
-    result = rewrite(args.onnx, args.out)
+    result = rewrite(args.onnx, args.out, max_sequence=args.max_sequence)
     print(f"wrote {result.path} (report {result.report.name})")
     print(result.summary["text"])
     return 0
@@ -59,7 +70,7 @@ def calibrate(args) -> int:
     data = _datasets(args, ref, purposes) if ref is not None else {}
     if args.fallback_data is not None:
         data["fallback"] = text_dataset(ref, args.fallback_data, batch_size=args.batch_size,
-                                        max_length=args.max_length)
+                                        max_length=args.max_length, text=_text_options(args))
     if args.precision == "fp16":
         from debertrt.calibration.fp16 import to_fp16
         from debertrt.calibration.options import Fp16Options
@@ -70,6 +81,9 @@ def calibrate(args) -> int:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["fp32_by_kind"].items()))
         print(f"wrote {result.path}: {s['nodes_fp16']} nodes fp16, {s['nodes_fp32']} fp32 ({kinds}), "
               f"{s['casts_inserted']} casts (report {result.report.name})")
+        for island in s["above_range"]:
+            print(f"  beyond the fp16 range threshold, kept fp32: {island['where']} ({island['nodes']} nodes, "
+                  f"|x| up to {island['max_abs']:.4g})")
         return 0
 
     from debertrt.calibration.int8 import quantize_int8
@@ -133,7 +147,7 @@ def build(args) -> int:
                            plugin_library=args.plugin_library)
     ref = load_model(args.model, args.task)
     purposes = ["parity"] if set(options.precisions) == {"fp32"} else ["calibration", "fallback", "parity"]
-    result = build(ref, args.out, options, _datasets(args, ref, purposes))
+    result = build(ref, args.out, options, _datasets(args, ref, purposes, options.profiles))
     for note in result.notes:
         print(f"note: {note}")
     _print_summary(result.parity, args.out / "parity")

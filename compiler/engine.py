@@ -19,6 +19,7 @@ hashes); the runtime (``debertrt.runtime.Engine``) checks it before touching the
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -32,7 +33,7 @@ from pathlib import Path
 from debertrt.core.artifacts import atomic_path, read_json, record_stage, sha256, write_json
 from debertrt.core.errors import DebertrtError
 from debertrt.runtime.engine_json import ENGINE_FORMAT
-from debertrt.runtime.profiles import DEFAULT_PROFILE, PROFILE_DIMS, Profile
+from debertrt.runtime.profiles import DEFAULT_PROFILE, Profile
 from debertrt.runtime.tensorrt import (Flavour, dtype_name, find_plugin_library, flavour, load_plugin_library,
                                        make_logger)
 
@@ -114,6 +115,8 @@ class GraphInfo:
     plugin_nodes: int
     plugin: dict | None                      # name/namespace/version of the plugin nodes
     export: dict = field(default_factory=dict)  # the "export" stage of manifest.json, if any
+    input_rank: int = 2                      # 3: [batch, choices, sequence] (multiple choice)
+    plugin_max_sequence: int | None = None   # the longest sequence the plugin nodes' position table covers
 
 
 def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
@@ -142,7 +145,16 @@ def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
             export = read_json(manifest).get("stages", {}).get("export", {}) or {}
         except (OSError, ValueError):
             export = {}
-    return GraphInfo(precision=ox.precision(model), plugin_nodes=len(nodes), plugin=plugin, export=export)
+    ranks = {len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+    return GraphInfo(precision=ox.precision(model), plugin_nodes=len(nodes), plugin=plugin, export=export,
+                     input_rank=max(ranks, default=2), plugin_max_sequence=_table_max_sequence(model, nodes))
+
+
+def _table_max_sequence(model, nodes) -> int | None:
+    """The longest sequence the plugin nodes' relative-position tables cover ((length + 1) / 2)."""
+    lengths = {math.prod(init.dims) for init in model.graph.initializer
+               if any(n.input and n.input[-1] == init.name for n in nodes)}
+    return (min(lengths) + 1) // 2 if lengths else None
 
 
 # ---- the build ------------------------------------------------------------------------
@@ -169,10 +181,15 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
             f"--backend tensorrt for the plugin graph")
     max_sequence = info.export.get("max_sequence")
     profiles = options.profiles or (DEFAULT_PROFILE.fit_to(max_sequence) if max_sequence else DEFAULT_PROFILE,)
+    profiles = tuple(p.for_rank(info.input_rank) for p in profiles)
     for profile in profiles:
         if max_sequence and profile.sequence[2] > max_sequence:
             raise DebertrtError(f"profile {profile}: sequence max {profile.sequence[2]} exceeds the model's "
-                                f"maximum {max_sequence} (max_position_embeddings)")
+                                f"maximum {max_sequence} (its absolute position table, max_position_embeddings)")
+        if info.plugin_max_sequence and profile.sequence[2] > info.plugin_max_sequence:
+            raise DebertrtError(f"profile {profile}: sequence max {profile.sequence[2]} exceeds what the plugin "
+                                f"graph's relative-position table covers ({info.plugin_max_sequence}); rewrite with "
+                                f"--max-sequence {profile.sequence[2]}")
     if options.in_subprocess:
         _check_importable(fl)  # the child imports it; fail here with the install hint
     else:
@@ -282,11 +299,11 @@ def _build(request: dict) -> dict:
         p = Profile.from_dict(spec)
         for tensor in inputs:
             shape = list(tensor.shape)
-            if len(shape) != 2:
-                raise DebertrtError(f"input {tensor.name} has shape {shape}: debertrt engines take "
-                                    f"[batch, sequence] inputs")
+            if len(shape) != len(p.dims):
+                raise DebertrtError(f"input {tensor.name} has shape {shape}: the profile {p} is for "
+                                    f"[{', '.join(p.dims)}] inputs")
             lo, opt, hi = p.shapes()
-            for axis, dim_name in enumerate(PROFILE_DIMS):
+            for axis, dim_name in enumerate(p.dims):
                 if shape[axis] >= 0 and not lo[axis] == opt[axis] == hi[axis] == shape[axis]:
                     raise DebertrtError(f"input {tensor.name} has a static {dim_name} of {shape[axis]}: use "
                                         f"{dim_name}={shape[axis]} in the profile, or export with dynamic axes")

@@ -1,4 +1,9 @@
-"""Stage 1: PyTorch reference -> ``model.onnx`` (fp32, dynamic batch and sequence axes)."""
+"""Stage 1: PyTorch reference -> ``model.onnx`` (fp32, dynamic batch, choices and sequence axes).
+
+A model without an absolute position table exports with an unbounded sequence axis (the length
+rule in ``core.models``) and is checked right after export at a length beyond
+``max_position_embeddings`` too.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,11 @@ from debertrt.core.models import ReferenceModel
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
 VALIDATION_SHAPES = ((1, 1), (2, 7), (3, 65))  # (batch, sequence), checked right after export
+VALIDATION_CHOICES = (1, 3, 2)                 # choices of each shape for multiple choice
+BEYOND_TABLE = 88                               # a model of any length is also checked at max_position_embeddings + this
 VALIDATION_ATOL = 1e-4
+EXAMPLE_SHAPE = {"batch": 2, "choices": 3, "sequence": 16}  # dynamo specialises dimensions seen as 0 or 1
+DIM_MAX = {"batch": 4096, "choices": 64}
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,8 @@ def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptio
                  options={"exporter": options.exporter, "opset": options.opset, "external_data": external},
                  outputs=outputs,
                  extra={"model_version": ref.version, "input_names": list(ref.input_names),
-                        "output_names": list(ref.output_names), "max_sequence": ref.max_sequence,
+                        "input_axes": list(ref.input_axes), "output_names": list(ref.output_names),
+                        "max_sequence": ref.max_sequence, "absolute_positions": ref.max_sequence is not None,
                         "config": ref.config.to_diff_dict(), "validation": validation})
     return final
 
@@ -71,22 +81,33 @@ def _weight_bytes(ref: ReferenceModel) -> int:
     return sum(p.numel() * p.element_size() for p in ref.module.parameters())
 
 
-def _example_inputs(ref: ReferenceModel, batch: int = 2, sequence: int = 16):
+def _example_inputs(ref: ReferenceModel):
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, ref.config.vocab_size, (batch, sequence), generator=gen)
-    example = [ids, torch.ones(batch, sequence, dtype=torch.long)]
+    shape = tuple(EXAMPLE_SHAPE[axis] for axis in ref.input_axes)
+    example = [torch.randint(1, ref.config.vocab_size, shape, generator=gen), torch.ones(shape, dtype=torch.long)]
     if "token_type_ids" in ref.input_names:
-        example.append(torch.zeros(batch, sequence, dtype=torch.long))
+        example.append(torch.zeros(shape, dtype=torch.long))
     return tuple(example)
+
+
+def _output_axes(ref: ReferenceModel) -> dict[str, dict[int, str]]:
+    """Dynamic axes of each output: per token outputs keep the input axes; one value per example
+    ([batch, labels]) or per choice ([batch, choices]) keep those."""
+    if ref.task == "sequence-classification":
+        axes = ("batch",)
+    elif ref.task == "multiple-choice":
+        axes = ("batch", "choices")
+    else:
+        axes = ref.input_axes
+    return {name: dict(enumerate(axes)) for name in ref.output_names}
 
 
 def _run_exporter(ref: ReferenceModel, path: Path, options: ExportOptions) -> None:
     import torch
 
     module = ref.forward_module()
-    # Batch 2 and sequence 16: dynamo specialises dimensions seen as 0 or 1.
     example = _example_inputs(ref)
     names = list(ref.input_names)
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
@@ -94,16 +115,16 @@ def _run_exporter(ref: ReferenceModel, path: Path, options: ExportOptions) -> No
         if options.exporter == "dynamo":
             from torch.export import Dim
 
-            batch = Dim("batch", min=1, max=4096)
-            sequence = Dim("sequence", min=1, max=ref.max_sequence)
-            shapes = {name: {0: batch, 1: sequence} for name in names}
+            limits = {**DIM_MAX, "sequence": ref.max_sequence}  # None: any length
+            dims = {axis: Dim(axis, min=1, max=limits[axis]) if limits[axis] else Dim(axis, min=1)
+                    for axis in ref.input_axes}
+            shapes = {name: {k: dims[axis] for k, axis in enumerate(ref.input_axes)} for name in names}
             torch.onnx.export(module, example, str(path), dynamo=True, input_names=names,
                               output_names=list(ref.output_names), dynamic_shapes=shapes,
                               opset_version=options.opset, external_data=True, verbose=False)
         else:
-            axes = {name: {0: "batch", 1: "sequence"} for name in names}
-            for out_name in ref.output_names:
-                axes[out_name] = {0: "batch"} if ref.task == "sequence-classification" else {0: "batch", 1: "sequence"}
+            axes = {name: dict(enumerate(ref.input_axes)) for name in names}
+            axes.update(_output_axes(ref))
             with _traceable_attention_span(ref):
                 torch.onnx.export(module, example, str(path), dynamo=False, input_names=names,
                                   output_names=list(ref.output_names), dynamic_axes=axes,
@@ -148,18 +169,32 @@ def _traceable_attention_span(ref: ReferenceModel):
         modeling_deberta.compute_attention_span = original
 
 
-def validate_export(ref: ReferenceModel, path: str | os.PathLike, shapes=VALIDATION_SHAPES,
+def validation_shapes(ref: ReferenceModel) -> list[tuple[int, ...]]:
+    """The input shapes checked right after export: short, odd and 65 long (a tile plus one), plus
+    one beyond ``max_position_embeddings`` for a model that takes any length."""
+    shapes = list(VALIDATION_SHAPES)
+    if ref.max_sequence is None:
+        shapes.append((1, int(ref.config.max_position_embeddings) + BEYOND_TABLE))
+    if len(ref.input_axes) == 3:
+        shapes = [(b, VALIDATION_CHOICES[k % len(VALIDATION_CHOICES)], s) for k, (b, s) in enumerate(shapes)]
+    return shapes
+
+
+def validate_export(ref: ReferenceModel, path: str | os.PathLike, shapes=None,
                     atol: float = VALIDATION_ATOL) -> dict:
-    """ONNX Runtime vs PyTorch on a few padded shapes; raises if any output is off."""
+    """ONNX Runtime vs PyTorch on a few padded shapes (default ``validation_shapes``); raises if any
+    output is off."""
     from debertrt.core.compare import output_errors
-    from debertrt.core.data import random_batch
+    from debertrt.core.data import TokenSpace, token_batch
     from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
+    shapes = shapes or validation_shapes(ref)
     rng = np.random.default_rng(0)
     worst = {}
+    space = TokenSpace.of(ref)
     with TorchRunner(ref) as torch_runner, OnnxRuntimeRunner(path) as ort_runner:
-        for batch, sequence in shapes:
-            feed = random_batch(ref, batch, sequence, rng)
+        for shape in shapes:
+            feed = token_batch(space, shape[0], shape[-1], rng, choices=shape[1] if len(shape) == 3 else 1)
             expected = torch_runner.infer(feed)
             got = ort_runner.infer(feed)
             for name in ref.output_names:
@@ -167,6 +202,6 @@ def validate_export(ref: ReferenceModel, path: str | os.PathLike, shapes=VALIDAT
                 worst[name] = max(worst.get(name, 0.0), err)
                 if not err <= atol:
                     raise DebertrtError(
-                        f"exported {name} differs from PyTorch by {err:.3g} (> {atol:g}) at batch {batch}, "
-                        f"sequence {sequence}; try the other exporter (--exporter)")
+                        f"exported {name} differs from PyTorch by {err:.3g} (> {atol:g}) at shape {list(shape)} "
+                        f"({', '.join(ref.input_axes)}); try the other exporter (--exporter)")
     return {"shapes": [list(s) for s in shapes], "atol": atol, "max_abs": worst}

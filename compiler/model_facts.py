@@ -12,7 +12,7 @@ import numpy as np
 
 from debertrt.core.artifacts import MANIFEST, read_json
 from debertrt.core.errors import DebertrtError
-from debertrt.core.models import version_of
+from debertrt.core.models import has_absolute_positions, version_of
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,20 @@ class ModelFacts:
     max_relative_positions: int  # resolved (< 1 in the config means max_position_embeddings)
     max_position_embeddings: int
     head_size: int
+    absolute_positions: bool = True  # position_biased_input: then no sequence beyond max_position_embeddings
+
+    def table_sequence(self, requested: int | None) -> int:
+        """The longest sequence the rewrite's relative-position table covers: ``requested``, else
+        ``max_position_embeddings``; refused beyond an absolute position table."""
+        if requested is None:
+            return self.max_position_embeddings
+        if requested < 1:
+            raise DebertrtError(f"--max-sequence must be >= 1, got {requested}")
+        if self.absolute_positions and requested > self.max_position_embeddings:
+            raise DebertrtError(f"--max-sequence {requested} exceeds the model's maximum {self.max_position_embeddings}: "
+                                f"it has an absolute position table (position_biased_input); only models without one "
+                                f"(DeBERTa-v3, mDeBERTa) take longer sequences")
+        return requested
 
     @property
     def version(self) -> str:
@@ -65,7 +79,8 @@ class ModelFacts:
         head_size = int(config.hidden_size) // heads
         if model_type == "deberta-v2":
             head_size = int(getattr(config, "attention_head_size", head_size))
-        return cls(model_type, int(config.num_hidden_layers), kinds, max(buckets, 0), max_rel, smax, head_size)
+        return cls(model_type, int(config.num_hidden_layers), kinds, max(buckets, 0), max_rel, smax, head_size,
+                   has_absolute_positions(config))
 
     @classmethod
     def from_manifest(cls, directory: str | os.PathLike) -> "ModelFacts":

@@ -19,11 +19,12 @@ from debertrt.core import log
 from debertrt.core.artifacts import write_json, write_text
 from debertrt.core.compare import (NOT_JUDGED, PASSED, TOLERANCES, TaskAgreement, Tolerance, accuracy, judge,
                                    merge_errors, output_errors, overall, token_mask)
-from debertrt.core.data import Dataset
+from debertrt.core.data import Dataset, TokenSpace
 from debertrt.core.errors import DebertrtError, NotRunnable
 from debertrt.core.models import ReferenceModel
 from debertrt.runtime.runners import TorchRunner, open_runner
 
+from .padding import padding_check, with_padding
 from .parity_report import plot_errors, render_markdown
 
 
@@ -62,12 +63,15 @@ def check_artifact(ref: ReferenceModel, path: Path, dataset: Dataset, reference:
         with runner:
             outputs = [runner.infer(feed) for feed in tqdm(dataset.batches, desc=f"parity {path.name}", unit="batch",
                                                             leave=False, disable=log.quiet())]
+            padding = padding_check(runner, TokenSpace.of(ref), tolerance)
     except NotRunnable as reason:
         entry.update(status="not run", reason=str(reason), verdict=NOT_JUDGED, criteria=[])
         return entry
 
     per_output, errors = {}, {}
     agreement = TaskAgreement(ref.task)
+    if dataset.windows is not None:  # long examples split into windows: their answers merged back
+        agreement.add(*dataset.windows.agreement(reference, outputs))
     for feed, expected, got in zip(dataset.batches, reference, outputs):
         mask = feed["attention_mask"]
         agreement.update(expected, got, mask)
@@ -84,7 +88,9 @@ def check_artifact(ref: ReferenceModel, path: Path, dataset: Dataset, reference:
                     artifact=metric["value"])
     entry["task"] = task
     entry["status"] = "ran"
-    entry["verdict"], entry["criteria"] = judge(entry["outputs"], agreement.headline(), tolerance)
+    entry["padding"] = {k: v for k, v in padding.items() if k != "criteria"}
+    entry["verdict"], entry["criteria"] = with_padding(*judge(entry["outputs"], agreement.headline(), tolerance),
+                                                       padding)
     entry["_errors"] = {name: np.concatenate(e) for name, e in errors.items()}
     return entry
 

@@ -58,6 +58,28 @@ def data_line(data: dict) -> str:
     return f"{data['source']} — {data['examples']} examples in {data['batches']} batches ({which})"
 
 
+def coverage_lines(data: dict) -> list[str]:
+    """What the data covered: lengths, padding, the tokenizer, truncation and windows."""
+    lines = []
+    if "lengths" in data:
+        n, p = data["lengths"], data["padding"]
+        lines.append(f"Lengths covered: {n['min']}–{n['max']} tokens (batches padded to "
+                     f"{', '.join(map(str, n['padded_to']))}); rows: {p['full']} full, {p['right_padded']} "
+                     f"right-padded, {p['left_padded']} left-padded, {p['length_1']} of one token, "
+                     f"{p['all_padding']} all padding.")
+    if "tokenizer" in data:
+        t = data["tokenizer"]
+        lines.append(f"Tokenizer: {t['class']} ({'fast' if t['fast'] else 'slow'}, {t['source']}).")
+    if "truncated" in data:
+        t = data["truncated"]
+        lines.append(f"Truncated: {t['examples']} examples cut to {t['limit']} tokens (longest {t['longest']}).")
+    if "windows" in data:
+        w = data["windows"]
+        lines.append(f"Windows: {w['examples_split']} examples split into windows of {w['max_length']} tokens "
+                     f"sharing {w['stride']}; {w['windows']} windows in all, answers merged back per example.")
+    return lines
+
+
 def _ranges(numbers: list[int]) -> str:
     """[1, 2, 3, 7] -> "1-3, 7" (the first 8 runs, then a count)."""
     runs, start = [], None
@@ -77,6 +99,7 @@ def render_markdown(result: dict) -> str:
         f"Reference: PyTorch fp32. Data: {data_line(result['data'])}; per-token outputs compared on non-pad "
         f"positions only.",
         "",
+        *(line for text in coverage_lines(result["data"]) for line in (text, "")),
         f"**Overall: {overall_line(result)}**",
         "",
         "| artifact | precision | runtime | output | max abs | mean abs | min row cosine | max row rel err | "
@@ -104,6 +127,16 @@ def render_markdown(result: dict) -> str:
         for c in e["criteria"]:
             lines.append(f"| {name} | {c['criterion']} | {c['output']} | {fmt(c['value'], 6)} | {c['limit']} | "
                          f"{'pass' if c['passed'] else '**FAIL**'} |")
+    lines += ["", "## Padding extremes", "",
+              "One batch of full, right- and left-padded rows, single tokens and a row of padding only; every "
+              "output finite at every position, and each row equal to a batch-of-one run of itself (criteria above).",
+              "", "| artifact | rows | lengths | left-padded | status |", "|---|---|---|---|---|"]
+    for e in result["artifacts"]:
+        p = e.get("padding")
+        if p:
+            status = "ran" if p["status"] == "ran" else f"not run: {p['reason']}"
+            lines.append(f"| {Path(e['path']).name} | {p['rows']} | {', '.join(map(str, p['lengths']))} | "
+                         f"{p['left_padded']} | {status} |")
     lines += ["", "## Task agreement with the reference", "",
               "| artifact | agreement | metric | reference | artifact |", "|---|---|---|---|---|"]
     for e in result["artifacts"]:

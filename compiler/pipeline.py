@@ -65,11 +65,16 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
 
     ``datasets``: purpose ("calibration", "fallback", "parity") -> ``core.data.Dataset``, disjoint;
     calibration and fallback are needed only for fp16/int8."""
+    from debertrt.core.data import check_sequence
+
     from .export import export
     from .parity import parity
     from .rewrite import rewrite
 
     out_dir = Path(out_dir)
+    longest = longest_sequence(ref, options, datasets)
+    if longest:
+        check_sequence(ref, longest)  # a model with an absolute position table refuses before any work
     backend = resolve_backend(options.backend)
     steps = 4 + (backend != "none")
     notes: list[str] = []
@@ -77,7 +82,7 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
     logger.info("[1/%d] export %s (%s) -> %s", steps, ref.name, ref.task, out_dir)
     model = export(ref, out_dir, options.export)
     logger.info("[2/%d] rewrite -> plugin graph", steps)
-    plugin_model = rewrite(model).path
+    plugin_model = rewrite(model, max_sequence=longest).path
 
     logger.info("[3/%d] precision: %s", steps, ", ".join(options.precisions))
     graphs = {"fp32": (model, plugin_model)}
@@ -99,6 +104,15 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
     artifacts = [path for pair in graphs.values() for path in pair] + engines
     result = parity(ref, artifacts, datasets["parity"], out_dir / report_name)
     return BuildResult(artifacts, notes, result)
+
+
+def longest_sequence(ref, options: BuildOptions, datasets: dict) -> int | None:
+    """The longest sequence the artifacts must take, when it exceeds ``max_position_embeddings`` (the
+    rewrite's default table): the largest profile or data length. None: the default covers it."""
+    lengths = [p.sequence[2] for p in options.profiles]
+    lengths += [b["input_ids"].shape[-1] for d in datasets.values() for b in d.batches]
+    longest = max(lengths, default=0)
+    return longest if longest > int(ref.config.max_position_embeddings) else None
 
 
 def _convert(precision: str, source: Path, ref, datasets: dict, options: BuildOptions) -> Path:

@@ -62,11 +62,14 @@ def report_path_for(out_path: str | os.PathLike) -> Path:
     return sibling(out_path, REPORT_SUFFIX)
 
 
-def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None) -> StageResult:
+def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None,
+            max_sequence: int | None = None) -> StageResult:
     """Write ``DIR/model.plugin.onnx`` (one DisentangledAttention node per layer) and its report.
 
     ``config``: a transformers config or a config dict; by default read from the export
-    stage of ``DIR/manifest.json``.
+    stage of ``DIR/manifest.json``. ``max_sequence``: the longest sequence the plugin graph must
+    take, which sizes its relative-position table (default ``max_position_embeddings``; a model
+    with an absolute position table cannot go beyond it).
     """
     import onnx
     import onnx_graphsurgeon as gs
@@ -92,9 +95,10 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     graph = gs.import_onnx(model)
     ops_before = Counter(n.op for n in graph.nodes)
 
+    longest = facts.table_sequence(max_sequence)
     layers = match(graph, facts, scopes)
-    probes = Probe(onnx_path, facts).run(layers)
-    table = relative_position_table(facts)
+    table = relative_position_table(facts, longest)
+    probes = Probe(onnx_path, facts, longest).run(layers)
     reports = [check_layer(layer, probes, facts, table) for layer in layers]
     nodes = replace_layers(graph, layers, reports, facts, table, scopes)
 
@@ -116,7 +120,7 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
         "rel_table": {"position_buckets": facts.position_buckets,
                       "max_relative_positions": facts.max_relative_positions,
                       "max_position_embeddings": facts.max_position_embeddings,
-                      "length": int(table.size), "kind": "log" if facts.position_buckets > 0 else "linear"},
+                      "max_sequence": longest, "length": int(table.size), "kind": "log" if facts.position_buckets > 0 else "linear"},
         "nodes": {"before": sum(ops_before.values()), "after": sum(ops_after.values()),
                   "added": len(nodes), "removed": sum(ops_before.values()) - (sum(ops_after.values()) - len(nodes))},
         "op_counts": {"before": dict(sorted(ops_before.items())), "after": dict(sorted(ops_after.items()))},
@@ -126,9 +130,10 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     report_path = report_path_for(out_path)
     write_json(report_path, report)
     stage_summary = {"text": summary(report), "model_version": facts.version, "layers": len(reports),
-                     "nodes": report["nodes"]}
+                     "nodes": report["nodes"], "max_sequence": longest}
     record_stage(out_path.parent, "rewrite", inputs={"model": str(onnx_path), "sha256": sha256(onnx_path)},
-                 options={"out": str(out_path)}, outputs={"model": out_path, "report": report_path},
+                 options={"out": str(out_path), "max_sequence": longest},
+                 outputs={"model": out_path, "report": report_path},
                  extra={"summary": stage_summary})
     return StageResult(out_path, report_path, stage_summary)
 
@@ -138,13 +143,15 @@ def summary(report: dict) -> str:
     return (f"{report['nodes']['added']} DisentangledAttention nodes ({report['model_version']}, "
             f"{'+'.join(report['pos_att_type'])}, {first['span']['rule']}, pos_scale {first['pos_scale']:.6g}); "
             f"{report['nodes']['before']} -> {report['nodes']['after']} nodes, "
-            f"{report['nodes']['removed']} removed")
+            f"{report['nodes']['removed']} removed; position table for S <= {report['rel_table']['max_sequence']}")
 
 
-def relative_position_table(facts: ModelFacts) -> np.ndarray:
+def relative_position_table(facts: ModelFacts, max_sequence: int | None = None) -> np.ndarray:
+    """The bucket table the plugin nodes index, for sequences up to ``max_sequence`` (default
+    ``max_position_embeddings``)."""
     from debertrt.plugins.reference import relative_position_table as table
 
-    return table(facts.position_buckets, facts.max_relative_positions, facts.max_position_embeddings)
+    return table(facts.position_buckets, facts.max_relative_positions, max_sequence or facts.max_position_embeddings)
 
 
 # ---------------------------------------------------------------------------- matching
@@ -188,7 +195,7 @@ def replace_layers(graph, layers: list[LayerMatch], reports: list[dict], facts: 
     from debertrt.plugins.spec import node_attributes
 
     rel_table = gs.Constant(f"debertrt.rel_table.b{facts.position_buckets}.m{facts.max_relative_positions}"
-                            f".s{facts.max_position_embeddings}", np.ascontiguousarray(table, dtype=np.int32))
+                            f".s{(table.size + 1) // 2}", np.ascontiguousarray(table, dtype=np.int32))
     names = {n.name for n in graph.nodes}
     nodes = []
     for layer, report in zip(layers, reports):

@@ -22,10 +22,10 @@ SCALE_RTOL = 1e-5
 class Probe:
     """Evaluate chosen tensors of the *original* graph with ONNX Runtime at two sequence lengths."""
 
-    def __init__(self, onnx_path: Path, facts: ModelFacts):
+    def __init__(self, onnx_path: Path, facts: ModelFacts, max_sequence: int | None = None):
         self.onnx_path = onnx_path
         self.facts = facts
-        long = min(facts.max_position_embeddings, LONG_PROBE_CAP)
+        long = min(max_sequence or facts.max_position_embeddings, LONG_PROBE_CAP)
         self.sequences = tuple(sorted({min(SHORT_PROBE, long), long}))
         self.values: dict[int, dict[str, np.ndarray]] = {}
         self.static: dict[str, np.ndarray] = {}
@@ -99,11 +99,11 @@ def _probe_feed(session, sequence: int) -> dict:
     feed = {}
     for inp in session.get_inputs():
         dtype = _NP_TYPES.get(inp.type)
-        if dtype is None or len(inp.shape) != 2:
+        if dtype is None or len(inp.shape) not in (2, 3):
             raise DebertrtError(f"cannot make a probe input for {inp.name!r} ({inp.type}, shape {inp.shape}): "
-                                f"rewrite expects [batch, sequence] token inputs")
+                                f"rewrite expects [batch, sequence] or [batch, choices, sequence] token inputs")
         fill = 1 if inp.name in ("attention_mask", "input_ids") else 0
-        feed[inp.name] = np.full((1, sequence), fill, dtype=dtype)
+        feed[inp.name] = np.full((1,) * (len(inp.shape) - 1) + (sequence,), fill, dtype=dtype)
     return feed
 
 
@@ -153,7 +153,7 @@ def check_layer(layer: LayerMatch, probe: Probe, facts: ModelFacts, table: np.nd
 def check_index(term, where: str, probe: Probe, facts: ModelFacts, table: np.ndarray, spans: dict) -> str:
     """The term's span and gather index at each probed length against the config and ``table``;
     returns "c2p" or "p2c" (which sign of the relative position the index uses)."""
-    smax = facts.max_position_embeddings
+    smax = (table.size + 1) // 2
     kinds = set()
     for sequence in probe.sequences:
         span = int(_scalar(probe.value(term.index.span, sequence), f"the span {term.index.span.name!r}", where))

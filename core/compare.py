@@ -60,23 +60,25 @@ TOLERANCES: dict[str, Tolerance] = {
 
 
 def token_mask(array: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """Boolean selector over ``array``: non-pad positions when it is per token, else all."""
-    batch, sequence = attention_mask.shape
-    if array.ndim >= 2 and array.shape[:2] == (batch, sequence):
+    """Boolean selector over ``array``: non-pad positions when it is per token (its leading axes are
+    the mask's: [batch, sequence] or [batch, choices, sequence]), else all."""
+    lead = attention_mask.shape
+    if array.ndim >= len(lead) and array.shape[:len(lead)] == lead:
         keep = attention_mask.astype(bool)
-        return np.broadcast_to(keep.reshape(keep.shape + (1,) * (array.ndim - 2)), array.shape)
+        return np.broadcast_to(keep.reshape(keep.shape + (1,) * (array.ndim - len(lead))), array.shape)
     return np.ones(array.shape, dtype=bool)
 
 
 def _rows(array: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     """The vectors compared as wholes, as a 2-D array: a non-pad token's features ([B, S, F...]),
-    an example's values ([B, F]; a per-position output [B, S] with pad positions zeroed)."""
-    batch, sequence = attention_mask.shape
+    a sequence's per-position values ([B, S], pad positions zeroed), an example's values ([B, F];
+    multiple choice: its [B, choices] logits)."""
+    lead = attention_mask.shape
     array = np.asarray(array, dtype=np.float64)
-    if array.ndim >= 3 and array.shape[:2] == (batch, sequence):
-        return array[attention_mask.astype(bool)].reshape(-1, int(np.prod(array.shape[2:])))
-    if array.ndim == 2 and array.shape == (batch, sequence):
-        return np.where(attention_mask.astype(bool), array, 0.0)
+    if array.ndim > len(lead) and array.shape[:len(lead)] == lead:
+        return array[attention_mask.astype(bool)].reshape(-1, int(np.prod(array.shape[len(lead):])))
+    if array.shape == lead:
+        return np.where(attention_mask.astype(bool), array, 0.0).reshape(-1, lead[-1])
     return array.reshape(array.shape[0] if array.ndim else 1, -1)
 
 
@@ -200,7 +202,16 @@ def predictions(task: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
         return {"top1": top5[..., 0], "top5": top5}
     if task == "question-answering":
         return {"start": outputs["start_logits"].argmax(-1), "end": outputs["end_logits"].argmax(-1)}
+    if task == "multiple-choice":
+        return {"choice": outputs["logits"].argmax(-1)}
     return {}
+
+
+# What a task's agreement is judged by, most telling first: answers merged over the windows of
+# long examples, then per-batch predictions.
+HEADLINES = ("merged_label", "merged_span", "argmax", "choice", "label", "top1", "exact_span")
+# Tasks with a metric on labelled data: one class / right choice per example.
+LABELLED_TASKS = {"sequence-classification": "label", "multiple-choice": "choice"}
 
 
 class TaskAgreement:
@@ -210,7 +221,8 @@ class TaskAgreement:
         self.task = task
         self.counts: dict[str, list[int]] = {}
 
-    def _add(self, name: str, agree: np.ndarray) -> None:
+    def add(self, name: str, agree: np.ndarray) -> None:
+        """Count ``agree`` (booleans, one per prediction) under ``name``."""
         hit, total = self.counts.setdefault(name, [0, 0]), agree.size
         hit[0] += int(agree.sum())
         hit[1] += int(total)
@@ -219,16 +231,18 @@ class TaskAgreement:
         ref, out = predictions(self.task, expected), predictions(self.task, got)
         keep = attention_mask.astype(bool)
         if self.task == "sequence-classification":
-            self._add("argmax", ref["label"] == out["label"])
+            self.add("argmax", ref["label"] == out["label"])
         elif self.task == "token-classification":
-            self._add("label", (ref["label"] == out["label"])[keep])
+            self.add("label", (ref["label"] == out["label"])[keep])
         elif self.task == "masked-lm":
-            self._add("top1", (ref["top1"] == out["top1"])[keep])
-            self._add("top5", (out["top5"] == ref["top1"][..., None]).any(-1)[keep])
+            self.add("top1", (ref["top1"] == out["top1"])[keep])
+            self.add("top5", (out["top5"] == ref["top1"][..., None]).any(-1)[keep])
         elif self.task == "question-answering":
-            self._add("start", ref["start"] == out["start"])
-            self._add("end", ref["end"] == out["end"])
-            self._add("exact_span", (ref["start"] == out["start"]) & (ref["end"] == out["end"]))
+            self.add("start", ref["start"] == out["start"])
+            self.add("end", ref["end"] == out["end"])
+            self.add("exact_span", (ref["start"] == out["start"]) & (ref["end"] == out["end"]))
+        elif self.task == "multiple-choice":
+            self.add("choice", ref["choice"] == out["choice"])
 
     def result(self) -> dict[str, float]:
         return {name: hit / total if total else float("nan") for name, (hit, total) in self.counts.items()}
@@ -236,18 +250,19 @@ class TaskAgreement:
     def headline(self) -> float | None:
         """The one agreement number a tolerance is checked against."""
         result = self.result()
-        for name in ("argmax", "label", "top1", "exact_span"):
+        for name in HEADLINES:
             if name in result:
                 return result[name]
         return None
 
 
 def accuracy(task: str, outputs_per_batch: list[dict], labels_per_batch: list[np.ndarray]) -> dict | None:
-    """Task metric against known labels (sequence classification: accuracy)."""
-    if task != "sequence-classification" or not labels_per_batch:
+    """Task metric against known labels: accuracy (sequence classification: the class; multiple
+    choice: the right choice)."""
+    if task not in LABELLED_TASKS or not labels_per_batch:
         return None
     hits = total = 0
     for outputs, labels in zip(outputs_per_batch, labels_per_batch):
-        hits += int((predictions(task, outputs)["label"] == labels).sum())
+        hits += int((predictions(task, outputs)[LABELLED_TASKS[task]] == labels).sum())
         total += labels.size
     return {"name": "accuracy", "value": hits / total if total else float("nan")}

@@ -1,7 +1,12 @@
-"""Reference models: a local checkpoint directory or a built-in tiny preset, with one of five heads.
+"""Reference models: a local checkpoint directory or a built-in tiny preset, with one of six heads.
 
 The PyTorch fp32 model loaded here is the reference every compiled artifact is judged
 against.
+
+Length rule: a model with an absolute position table (``position_biased_input=True``: some v1
+and v2 configs) takes at most ``max_position_embeddings`` tokens; one without (every v3 and
+mDeBERTa-v3, v2-xlarge, v1 base/large) has only relative positions and takes any length
+(``max_sequence`` is then None).
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sequence-classification": ("AutoModelForSequenceClassification", ("logits",)),
     "token-classification": ("AutoModelForTokenClassification", ("logits",)),
     "question-answering": ("AutoModelForQuestionAnswering", ("start_logits", "end_logits")),
+    "multiple-choice": ("AutoModelForMultipleChoice", ("logits",)),
 }
+# Tasks whose inputs are [batch, choices, sequence] (one row of tokens per choice); all others take
+# [batch, sequence].
+CHOICE_TASKS = frozenset({"multiple-choice"})
+# Tasks whose head reads the first position (DeBERTa's ContextPooler): under left padding that is a
+# pad token, so their predictions on left-padded rows mean nothing (in PyTorch too).
+POOLED_TASKS = frozenset({"sequence-classification", "multiple-choice"})
 
 SUPPORTED_MODEL_TYPES = ("deberta", "deberta-v2")
 
@@ -71,6 +83,7 @@ class ReferenceModel:
     config: object                 # transformers PretrainedConfig
     module: object                 # torch.nn.Module
     tokenizer: object | None = None
+    tokenizer_source: str | None = None  # where the tokenizer came from (tokenizer.json, converted, slow ...)
     # a preset's own held-out examples: purpose ("calibration", "fallback", "parity") -> ``data.Dataset``,
     # disjoint sets used when no data file is given
     own_data: object | None = None
@@ -84,8 +97,13 @@ class ReferenceModel:
         return TASKS[self.task][1]
 
     @property
-    def max_sequence(self) -> int:
-        return int(self.config.max_position_embeddings)
+    def input_axes(self) -> tuple[str, ...]:
+        return input_axes(self.task)
+
+    @property
+    def max_sequence(self) -> int | None:
+        """The longest sequence the model takes, or None when it takes any length (see the length rule)."""
+        return max_sequence_of(self.config)
 
     @property
     def version(self) -> str:
@@ -118,6 +136,22 @@ class ReferenceModel:
 def input_names(config) -> tuple[str, ...]:
     names = ("input_ids", "attention_mask")
     return names + ("token_type_ids",) if getattr(config, "type_vocab_size", 0) > 0 else names
+
+
+def input_axes(task: str) -> tuple[str, ...]:
+    """The axes of every input of ``task``'s model."""
+    return ("batch", "choices", "sequence") if task in CHOICE_TASKS else ("batch", "sequence")
+
+
+def has_absolute_positions(config) -> bool:
+    """Whether the embeddings add a position table of ``max_position_embeddings`` rows (transformers
+    reads ``position_biased_input`` with a default of True for v1 and v2 alike)."""
+    return bool(getattr(config, "position_biased_input", True))
+
+
+def max_sequence_of(config) -> int | None:
+    """``max_position_embeddings`` for a model with absolute positions; None (any length) without."""
+    return int(config.max_position_embeddings) if has_absolute_positions(config) else None
 
 
 def model_version(config) -> str:
@@ -178,6 +212,7 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
         overrides.update(config_overrides or {})
         config = preset_config(model, **overrides)
         _check_supported(config, model)
+        check_task_for(config, task, model)
         return ReferenceModel(model, task, config, build_from_config(config, task))
     return _load_checkpoint(Path(model), task)
 
@@ -186,7 +221,23 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
 # ReferenceModel (imported only when asked for).
 EXTRA_PRESETS: dict[str, str] = {
     "tiny-deberta-v3-trained": "debertrt.core.trained:load",
+    "tiny-deberta-v3-hot-ffn": "debertrt.core.models:load_hot_ffn",
 }
+
+# ``tiny-deberta-v3-hot-ffn``: tiny-deberta-v3 with one feed-forward block's input weights scaled
+# up, so that block's activations exceed the fp16 range (65504) in known places, as mDeBERTa-v3's
+# and v2-xlarge's do: the fp16 pass must keep them in fp32 islands.
+HOT_FFN = {"module": "encoder.layer.1.intermediate.dense", "scale": 3e4}
+
+
+def load_hot_ffn(task: str) -> ReferenceModel:
+    import torch
+
+    ref = load_model("tiny-deberta-v3", task)
+    with torch.no_grad():
+        ref.module.base_model.get_submodule(HOT_FFN["module"]).weight.mul_(HOT_FFN["scale"])
+    ref.name = "tiny-deberta-v3-hot-ffn"
+    return ref
 
 
 def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
@@ -203,6 +254,7 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
     except Exception as exc:  # transformers raises several types for a bad config
         raise DebertrtError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from exc
     _check_supported(config, str(path))
+    check_task_for(config, task, str(path))
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
         raise DebertrtError(f"{str(path)!r} has no weights (*.safetensors or *.bin): save the model with save_pretrained")
@@ -210,20 +262,63 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
         module = _auto_class(task).from_pretrained(path, local_files_only=True)
     except Exception as exc:
         raise DebertrtError(f"cannot load {task} weights from {str(path)!r}: {first_line(exc)}") from exc
-    return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=_load_tokenizer(path))
+    tokenizer, source = _load_tokenizer(path)
+    return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=tokenizer,
+                          tokenizer_source=source)
 
 
-def _load_tokenizer(path: Path):
-    """The checkpoint's tokenizer (DebertaTokenizer / DebertaV2Tokenizer, fast or not), if it has one."""
+def _load_tokenizer(path: Path) -> tuple[object | None, str | None]:
+    """The checkpoint's tokenizer and where it came from: the fast one (from tokenizer.json, or
+    converted from spm.model / vocab files), else the slow one, saying why."""
     names = ("tokenizer.json", "tokenizer_config.json", "spm.model", "vocab.json")
-    if not any((path / n).is_file() for n in names):
-        return None
+    found = [n for n in names if (path / n).is_file()]
+    if not found:
+        return None, None
     from transformers import AutoTokenizer
 
+    if "spm.model" in found and "tokenizer.json" not in found:
+        _check_sentencepiece_conversion(path)
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+        fast_error = None
+    except Exception as exc:  # conversion to a fast tokenizer can fail in several ways
+        tokenizer, fast_error = None, first_line(exc)
+    if tokenizer is not None and getattr(tokenizer, "is_fast", False):
+        vocabularies = [n for n in found if n in ("spm.model", "vocab.json")] or ["the slow tokenizer's files"]
+        source = "tokenizer.json" if "tokenizer.json" in found else f"converted from {vocabularies[0]}"
+        return tokenizer, source
+    try:
+        slow = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=False)
     except Exception as exc:
         raise DebertrtError(f"cannot load the tokenizer in {str(path)!r}: {first_line(exc)}") from exc
+    return slow, f"slow: {fast_error or 'no fast tokenizer for this checkpoint'}"
+
+
+def _check_sentencepiece_conversion(path: Path) -> None:
+    """transformers reads spm.model through its own protobuf gencode; an older protobuf runtime
+    (tritonclient[grpc], which debertrt[serve] pulls in, pins protobuf<7) cannot load it, and the
+    conversion then fails with an unrelated message. Say what is wrong instead."""
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    try:
+        import_protobuf()
+    except Exception as exc:  # google.protobuf.runtime_version.VersionError, ImportError
+        raise DebertrtError(
+            f"{path} has spm.model but no tokenizer.json, and transformers cannot read it with this protobuf "
+            f"({first_line(exc)}): install protobuf>=7 (tritonclient[grpc], from debertrt[serve], pins protobuf<7: "
+            f"serve from another environment), or save the tokenizer with tokenizer.json") from exc
+
+
+def tasks_for(model_type: str) -> tuple[str, ...]:
+    """The tasks transformers has a head for in a model family (v1 has no multiple choice)."""
+    return tuple(t for t in TASKS if not (model_type == "deberta" and t in CHOICE_TASKS))
+
+
+def check_task_for(config, task: str, where: str) -> None:
+    """Refuse a task the model family has no head for (transformers has no DebertaForMultipleChoice)."""
+    if task not in tasks_for(getattr(config, "model_type", None)):
+        raise DebertrtError(f"{where}: DeBERTa v1 has no multiple-choice head in transformers (there is no "
+                            f"DebertaForMultipleChoice); use a DeBERTa-v2/v3 or mDeBERTa checkpoint for --task {task}")
 
 
 def _check_supported(config, where: str) -> None:

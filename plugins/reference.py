@@ -41,7 +41,8 @@ def delta_index(sq: int, sk: int, span: int, rel_table: np.ndarray) -> np.ndarra
     """delta[i, j] = clamp(rel_table[i - j + Smax - 1] + span, 0, 2*span - 1)."""
     smax = (rel_table.shape[0] + 1) // 2
     if max(sq, sk) > smax:
-        raise ValueError(f"sequence length {max(sq, sk)} exceeds the relative-position table ({smax})")
+        raise ValueError(f"sequence length {max(sq, sk)} exceeds the relative-position table ({smax}): rewrite "
+                         f"the graph with --max-sequence {max(sq, sk)} or more")
     rel = np.arange(sq)[:, None] - np.arange(sk)[None, :]
     return np.clip(rel_table[rel + smax - 1].astype(np.int64) + span, 0, 2 * span - 1)
 

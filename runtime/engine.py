@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core.errors import DebertrtError, InternalError
+from debertrt.core.log import logger
 
 from .engine_json import EngineMetadata
 from .tensorrt import PLUGIN_LIBRARY_ENV, dtype_name, find_plugin_library, load_plugin_library, make_logger
@@ -94,6 +95,7 @@ class Engine:
         self.device = device
         self._context = None
         self._graphs: dict = {}
+        self._dropped_noted: set[str] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -192,7 +194,14 @@ class Engine:
     # ---- inference ----------------------------------------------------------------------
 
     def check_inputs(self, feed: dict) -> int:
-        """The profile for ``feed``'s shapes, from engine.json alone (no TensorRT, no GPU)."""
+        """The profile for ``feed``'s shapes, from engine.json alone (no TensorRT, no GPU). Inputs the
+        engine does not take (a tokenizer's ``token_type_ids`` for a model without token types) are
+        left out, with a note logged once."""
+        extra = sorted(set(feed) - set(self.metadata.input_names) - self._dropped_noted)
+        if extra:
+            logger.info("%s: the engine takes no %s; dropped from the feed", self.metadata.plan_path.name,
+                        ", ".join(extra))
+            self._dropped_noted.update(extra)
         return self.metadata.check_shapes({n: tuple(feed[n].shape) for n in self.metadata.input_names if n in feed})
 
     def infer(self, feed: dict) -> dict:

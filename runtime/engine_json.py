@@ -92,33 +92,46 @@ class EngineMetadata:
     def profile_text(self) -> str:
         return " | ".join(str(p) for p in self.profiles)
 
+    @property
+    def input_rank(self) -> int | None:
+        """2 for [batch, sequence] inputs, 3 for [batch, choices, sequence] (multiple choice)."""
+        ranks = {len(t["shape"]) for t in self.data["inputs"]}
+        return ranks.pop() if len(ranks) == 1 else None
+
     def check_shapes(self, shapes: dict[str, tuple[int, ...]]) -> int:
         """The index of the first profile that takes these input shapes; a clear error otherwise."""
         missing = [n for n in self.input_names if n not in shapes]
         if missing:
             raise DebertrtError(f"{self.plan_path.name}: inputs {missing} are missing (the engine takes "
                                 f"{', '.join(self.input_names)})")
+        rank = self.input_rank or 2
+        layout = "[batch, choices, sequence]" if rank == 3 else "[batch, sequence]"
         dims = set()
         for name in self.input_names:
             shape = tuple(int(d) for d in shapes[name])
-            if len(shape) != 2:
+            if len(shape) != rank:
                 raise DebertrtError(f"{self.plan_path.name}: input {name} has shape {list(shape)}; "
-                                    f"the engine takes [batch, sequence]")
+                                    f"the engine takes {layout}")
             dims.add(shape)
         if len(dims) != 1:
-            raise DebertrtError(f"{self.plan_path.name}: the inputs disagree on [batch, sequence]: {sorted(dims)}")
-        batch, sequence = dims.pop()
+            raise DebertrtError(f"{self.plan_path.name}: the inputs disagree on {layout}: {sorted(dims)}")
+        shape = dims.pop()
+        batch, sequence, choices = shape[0], shape[-1], (shape[1] if rank == 3 else None)
         for index, profile in enumerate(self.profiles):
-            if profile.contains(batch, sequence):
+            if profile.contains(batch, sequence, choices):
                 return index
         longest = max(p.sequence[2] for p in self.profiles)
         largest = max(p.batch[2] for p in self.profiles)
+        most = max((p.choices[2] for p in self.profiles if p.choices), default=None)
         if sequence > longest:
             why = f"sequence length {sequence} exceeds the engine's maximum {longest}"
         elif batch > largest:
             why = f"batch size {batch} exceeds the engine's maximum {largest}"
+        elif choices is not None and most is not None and choices > most:
+            why = f"{choices} choices exceed the engine's maximum {most}"
         else:
-            why = f"batch {batch} x sequence {sequence} is outside every optimization profile"
+            axes = ("batch", "choices", "sequence") if rank == 3 else ("batch", "sequence")
+            why = f"{' x '.join(f'{a} {n}' for a, n in zip(axes, shape))} is outside every optimization profile"
         raise DebertrtError(f"{self.plan_path.name}: {why} (profiles {self.profile_text()}); truncate or split "
                             f"the inputs, or rebuild with a larger --profile")
 

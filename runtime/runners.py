@@ -2,10 +2,11 @@
 
 A runner is a context manager; ``infer(feed)`` takes a dict of integer arrays named like the
 model inputs and returns a dict of float32 arrays named like the outputs. The base class
-checks state and inputs (names, integer dtype, one shared [batch, sequence] shape, the
-longest sequence the target takes) before any work; subclasses write only
-``_activate``/``_infer``/``_deactivate``. Inputs the target does not take (a tokenizer's
-``token_type_ids`` for a model without token types) are dropped, with a note logged once.
+checks state and inputs (names, integer dtype, one shared shape of the target's rank:
+[batch, sequence], or [batch, choices, sequence] for multiple choice, the longest sequence
+the target takes) before any work; subclasses write only ``_activate``/``_infer``/``_deactivate``.
+Inputs the target does not take (a tokenizer's ``token_type_ids`` for a model without token
+types) are dropped, with a note logged once.
 
     with open_runner("out/model.int8.onnx") as runner:
         logits = runner.infer({"input_ids": ids, "attention_mask": mask})["logits"]
@@ -22,13 +23,17 @@ from debertrt.core.errors import DebertrtError, InternalError, NotRunnable
 from debertrt.core.log import logger
 
 
+INPUT_LAYOUTS = {2: "[batch, sequence]", 3: "[batch, choices, sequence]"}
+
+
 class Runner:
     name = "runner"
     runtime = "unknown"
 
-    def __init__(self, input_names=None, max_sequence: int | None = None):
+    def __init__(self, input_names=None, max_sequence: int | None = None, input_rank: int | None = None):
         self.input_names = tuple(input_names) if input_names else None
         self.max_sequence = max_sequence
+        self.input_rank = input_rank  # 2: [batch, sequence]; 3: [batch, choices, sequence]; None: either
         self._active = False
         self._dropped_noted: set[str] = set()
 
@@ -48,7 +53,7 @@ class Runner:
         return self._infer(self.check_feed(feed))
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``feed`` restricted to this runner's inputs, each checked: integer, [batch, sequence], one shape."""
+        """``feed`` restricted to this runner's inputs, each checked: integer, of the runner's rank, one shape."""
         names = self.input_names or tuple(feed)
         missing = [n for n in names if n not in feed]
         if missing:
@@ -58,22 +63,24 @@ class Runner:
         if extra:
             logger.info("%s: the model takes no %s; dropped from the feed", self.name, ", ".join(extra))
             self._dropped_noted.update(extra)
+        ranks = (self.input_rank,) if self.input_rank else (2, 3)
+        layout = " or ".join(INPUT_LAYOUTS[r] for r in ranks)
         checked, shape = {}, None
         for name in names:
             value = np.asarray(feed[name])
             if value.dtype.kind not in "iu":
                 raise DebertrtError(f"{self.name}: input {name} must hold integers, got {value.dtype}")
-            if value.ndim != 2 or 0 in value.shape:
-                raise DebertrtError(f"{self.name}: input {name} must be a non-empty [batch, sequence] array, "
+            if value.ndim not in ranks or 0 in value.shape:
+                raise DebertrtError(f"{self.name}: input {name} must be a non-empty {layout} array, "
                                     f"got shape {list(value.shape)}")
             if shape is not None and value.shape != shape:
                 raise DebertrtError(f"{self.name}: input {name} has shape {list(value.shape)}, the other inputs "
                                     f"{list(shape)}")
             shape = value.shape
             checked[name] = np.ascontiguousarray(value, dtype=np.int64)
-        if self.max_sequence is not None and shape[1] > self.max_sequence:
+        if self.max_sequence is not None and shape[-1] > self.max_sequence:
             raise DebertrtError(
-                f"{self.name}: sequence length {shape[1]} exceeds the supported maximum {self.max_sequence}; "
+                f"{self.name}: sequence length {shape[-1]} exceeds the supported maximum {self.max_sequence}; "
                 f"truncate the inputs or rebuild for a longer profile")
         return checked
 
@@ -93,7 +100,7 @@ class TorchRunner(Runner):
     runtime = "pytorch-fp32"
 
     def __init__(self, ref):
-        super().__init__(ref.input_names, ref.max_sequence)
+        super().__init__(ref.input_names, ref.max_sequence, len(ref.input_axes))
         self.ref = ref
         self.name = f"pytorch:{ref.name}"
 
@@ -123,6 +130,7 @@ class OnnxRuntimeRunner(Runner):
 
         self._session = ort_session(self.path)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.input_rank = len(self._session.get_inputs()[0].shape)
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def _deactivate(self):
@@ -141,7 +149,7 @@ class TensorRTRunner(Runner):
         from .engine_json import EngineMetadata
 
         self.metadata = EngineMetadata(path)
-        super().__init__(self.metadata.input_names, max_sequence)
+        super().__init__(self.metadata.input_names, max_sequence, self.metadata.input_rank)
         self.path = self.metadata.plan_path
         self.name = f"{self.metadata.flavour.name}:{self.path.name}"
         self.runtime = f"{self.metadata.flavour.name}-{self.metadata.version}"

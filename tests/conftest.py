@@ -53,31 +53,57 @@ SENTENCES = [
 ]
 
 
+# The words of SENTENCES: text made of them tokenizes without unknown pieces.
+WORDS = sorted({word for sentence in SENTENCES for word in sentence.split()})
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4; [PAD] is the presets' pad_token_id
+
+
 @pytest.fixture(scope="session")
 def text_checkpoint(tmp_path_factory):
-    """``text_checkpoint(preset, task, **config) -> Path``: a save_pretrained directory with random
-    weights and a DebertaV2 fast tokenizer (SentencePiece unigram, as v2/v3 have), memoised."""
+    """``text_checkpoint(preset, task, files="json", padding_side="right", **config) -> Path``: a
+    save_pretrained directory with random weights and a DeBERTa-v2 tokenizer (SentencePiece
+    unigram, as v2/v3 have) trained on SENTENCES, memoised: as tokenizer.json ("json", trained with
+    tokenizers) or as only spm.model ("spm", trained with sentencepiece; converted to a fast
+    tokenizer when loaded)."""
     cache = {}
 
-    def get(preset: str, task: str, **config):
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-        from transformers import DebertaV2TokenizerFast
-
+    def get(preset: str, task: str, files: str = "json", padding_side: str = "right", **config):
         from debertrt.core.models import build_from_config, preset_config
 
-        key = (preset, task, json.dumps(config, sort_keys=True))
+        key = (preset, task, files, padding_side, json.dumps(config, sort_keys=True))
         if key not in cache:
-            tok = Tokenizer(models.Unigram())
-            tok.pre_tokenizer = pre_tokenizers.Metaspace()
-            specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-            tok.train_from_iterator(SENTENCES, trainers.UnigramTrainer(vocab_size=100, special_tokens=specials,
-                                                                       unk_token="[UNK]"))
-            tokenizer = DebertaV2TokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                               cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-            path = tmp_path_factory.mktemp(f"ckpt-{preset}-{task}")
+            path = tmp_path_factory.mktemp(f"ckpt-{preset}-{task}-{files}")
+            if files == "json":
+                _unigram_tokenizer(padding_side).save_pretrained(path)
+            else:
+                _sentencepiece_model(path, padding_side)
             build_from_config(preset_config(preset, **config), task).save_pretrained(path)
-            tokenizer.save_pretrained(path)
             cache[key] = path
         return cache[key]
 
     return get
+
+
+def _unigram_tokenizer(padding_side: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import DebertaV2TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(SENTENCES, trainers.UnigramTrainer(vocab_size=100, special_tokens=SPECIALS,
+                                                               unk_token="[UNK]"))
+    return DebertaV2TokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]", padding_side=padding_side)
+
+
+def _sentencepiece_model(path: Path, padding_side: str) -> None:
+    import sentencepiece
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 10), model_prefix=str(path / "spm"), vocab_size=100,
+        model_type="unigram", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="[PAD]", unk_piece="[UNK]",
+        bos_piece="[CLS]", eos_piece="[SEP]", user_defined_symbols=["[MASK]"], hard_vocab_limit=False,
+        minloglevel=2)
+    (path / "spm.vocab").unlink()
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "DebertaV2Tokenizer", "padding_side": padding_side}))

@@ -70,9 +70,9 @@ def test_bad_flag_is_one_line(tmp_path, capsys):
 
 
 def test_sequence_longer_than_the_model(exported, tmp_path, capsys):
-    path = exported("tiny-deberta-v3", "sequence-classification", "torchscript")
+    path = exported("tiny-deberta-v2", "sequence-classification", "torchscript")  # absolute positions: 512
     report = tmp_path / "report"
-    code, _, err = _run(["parity", "--model", "tiny-deberta-v3", "--task", "sequence-classification",
+    code, _, err = _run(["parity", "--model", "tiny-deberta-v2", "--task", "sequence-classification",
                          "--artifact", str(path), "--max-length", "600", "--out", str(report)], capsys)
     assert code == 1
     line = _one_line_error(err)
@@ -119,3 +119,24 @@ def test_main_job_runs_with_no_arguments(tmp_path):
         print("no engine builder installed: engines not checked")
     assert (out / "parity.md").is_file()
     assert "report:" in result.stdout and "PASSED" in result.stdout
+
+
+def test_readme_commands_parse():
+    """Every `debertrt ...` command shown in README.md is accepted by the parser (flags, profiles)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from debertrt.compiler.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("debertrt "):
+                commands.append(shlex.split(line)[1:])
+    assert len(commands) >= 5
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        assert args.command, argv

@@ -146,7 +146,7 @@ def test_building_without_tensorrt_says_how_to_install(exported, tmp_path):
 
 
 def test_a_profile_longer_than_the_model_is_refused_before_building(exported, tmp_path):
-    onnx_path = exported("tiny-deberta-v3", "sequence-classification", "torchscript")
+    onnx_path = exported("tiny-deberta-v2", "sequence-classification", "torchscript")  # absolute positions
     with pytest.raises(DebertrtError, match="sequence max 600 exceeds the model's maximum 512"):
         build_engine(onnx_path, tmp_path, EngineOptions(backend="tensorrt-rtx",
                                                         profiles=("batch=1:1:1,sequence=1:16:600",)))

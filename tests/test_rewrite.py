@@ -16,7 +16,7 @@ from debertrt.core.artifacts import read_json
 from debertrt.core.compare import output_errors
 from debertrt.core.errors import DebertrtError
 from debertrt.core.data import random_batch
-from debertrt.core.models import PRESETS, TASKS, load_model, preset_config
+from debertrt.core.models import PRESETS, load_model, preset_config, tasks_for
 from debertrt.compiler.rewrite import ModelFacts, relative_position_table, rewrite
 from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 from debertrt.plugins import spec
@@ -77,8 +77,7 @@ def compare(ref, onnx_path, plugin_path, sequences, seed=0):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("task", list(TASKS))
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset, task", [(p, t) for p in PRESETS for t in tasks_for(PRESETS[p]["model_type"])])
 def test_rewrite_matches_onnx_and_pytorch(exported, tmp_path, preset, task, exporter):
     onnx_path = exported(preset, task, exporter)
     ref = load_model(preset, task)
