@@ -6,14 +6,17 @@ explicit Q/DQ) and no FP16/INT8 builder flag or calibrator is ever set; one opti
 profile per ``Profile`` over (batch, sequence) on every input; a timing cache reused
 across builds; the builder optimization level.
 
-Plugin graphs (``DisentangledAttention`` nodes): TensorRT loads the plugin library and
-checks that it provides our creator *before* the ONNX parser meets a plugin node.
-TensorRT-RTX refuses them up front: its parser aborts the whole process on a plugin
+Plugin graphs (nodes of any op in ``plugins.spec.OPS``: ``DisentangledAttention``,
+``DisentangledFlashAttention``): TensorRT loads the plugin library and checks that it provides
+the creator of every op the graph uses *before* the ONNX parser meets a plugin node; a fused
+graph in a dtype the plugin does not take (fp32) is refused before TensorRT is asked.
+TensorRT-RTX refuses plugin graphs up front: its parser aborts the whole process on a plugin
 layer, so it never sees one, and its parse/build runs in a child process anyway.
 
 ``engine.json`` beside the plan says what the engine is (model, task, precision,
-profiles, plugin, TensorRT flavour and version, input/output names, dtypes and shapes,
-hashes); the runtime (``debertrt.runtime.Engine``) checks it before touching the plan.
+profiles, plugins and their library, TensorRT flavour and version, input/output names,
+dtypes and shapes, hashes); the runtime (``debertrt.runtime.Engine``) checks it before
+touching the plan.
 """
 
 from __future__ import annotations
@@ -112,32 +115,24 @@ class GraphInfo:
     """What build_engine reads from the ONNX file and the manifest beside it."""
 
     precision: str
-    plugin_nodes: int
-    plugin: dict | None                      # name/namespace/version of the plugin nodes
+    plugins: list[dict]                      # per op used: name/namespace/version/nodes/dtypes (graph_types)
     export: dict = field(default_factory=dict)  # the "export" stage of manifest.json, if any
     input_rank: int = 2                      # 3: [batch, choices, sequence] (multiple choice)
     plugin_max_sequence: int | None = None   # the longest sequence the plugin nodes' position table covers
 
+    @property
+    def plugin_nodes(self) -> int:
+        return sum(p["nodes"] for p in self.plugins)
+
 
 def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
-    """Precision, plugin nodes (with their namespace/version) and the export manifest of an ONNX file."""
+    """Precision, plugin ops (with their namespace/version) and the export manifest of an ONNX file."""
     from debertrt.core import onnx_utils as ox
-    from debertrt.plugins import spec
+    from debertrt.plugins.graph_types import is_plugin_node, plugin_usage
 
     path = Path(path)
     model = ox.load(path, external_data=False)
-    nodes = [n for n in ox.all_nodes(model.graph) if n.op_type == spec.OP_TYPE]
-    plugin = None
-    if nodes:
-        seen = {(str(ox.attr(n, "plugin_namespace", "")), str(ox.attr(n, "plugin_version", ""))) for n in nodes}
-        if len(seen) > 1:
-            raise DebertrtError(f"{path}: {spec.OP_TYPE} nodes disagree on namespace/version {sorted(seen)}")
-        namespace, version = seen.pop()
-        if (namespace, version) != (spec.PLUGIN_NAMESPACE, spec.PLUGIN_VERSION):
-            raise DebertrtError(
-                f"{path}: {spec.OP_TYPE} nodes ask for namespace {namespace!r} version {version!r}, but this "
-                f"debertrt provides {spec.PLUGIN_NAMESPACE!r} version {spec.PLUGIN_VERSION!r}: rerun the rewrite")
-        plugin = {"name": spec.OP_TYPE, "namespace": namespace, "version": version}
+    plugins = plugin_usage(model, str(path))
     manifest = path.parent / "manifest.json"
     export = {}
     if manifest.is_file():
@@ -146,7 +141,8 @@ def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
         except (OSError, ValueError):
             export = {}
     ranks = {len(i.type.tensor_type.shape.dim) for i in model.graph.input}
-    return GraphInfo(precision=ox.precision(model), plugin_nodes=len(nodes), plugin=plugin, export=export,
+    nodes = [n for n in ox.all_nodes(model.graph) if is_plugin_node(n)]
+    return GraphInfo(precision=ox.precision(model), plugins=plugins, export=export,
                      input_rank=max(ranks, default=2), plugin_max_sequence=_table_max_sequence(model, nodes))
 
 
@@ -155,6 +151,24 @@ def _table_max_sequence(model, nodes) -> int | None:
     lengths = {math.prod(init.dims) for init in model.graph.initializer
                if any(n.input and n.input[-1] == init.name for n in nodes)}
     return (min(lengths) + 1) // 2 if lengths else None
+
+
+def _plugins_text(plugins: list[dict]) -> str:
+    return ", ".join(f"{p['nodes']} {p['name']}" for p in plugins)
+
+
+def plugin_dtype_problem(path: str | os.PathLike, info: GraphInfo) -> str | None:
+    """Why TensorRT cannot take this graph's plugin nodes (an I/O dtype their plugin does not take: it
+    would find no format for them), or None."""
+    from debertrt.plugins.spec import OPS
+
+    for p in info.plugins:
+        allowed = OPS[p["name"]].tensorrt_dtypes
+        refused = [d for d in p["dtypes"] if d not in allowed]
+        if refused:
+            return (f"{Path(path).name}: its {p['name']} nodes are {', '.join(refused)}, the TensorRT plugin takes "
+                    f"{', '.join(allowed)}: build the fp16 graph, or the unfused one for fp32")
+    return None
 
 
 # ---- the build ------------------------------------------------------------------------
@@ -174,11 +188,14 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     info = inspect_onnx(onnx_path)
     fl = options.flavour
-    if info.plugin and fl.ahead_of_time:
+    if info.plugins and fl.ahead_of_time:
         raise DebertrtError(
-            f"{onnx_path.name} has {info.plugin_nodes} {info.plugin['name']} plugin node(s): TensorRT-RTX cannot "
+            f"{onnx_path.name} has plugin nodes ({_plugins_text(info.plugins)}): TensorRT-RTX cannot "
             f"build plugin layers; build model.onnx (or model.fp16.onnx / model.int8.onnx) with it, or use "
             f"--backend tensorrt for the plugin graph")
+    problem = plugin_dtype_problem(onnx_path, info)
+    if problem:
+        raise DebertrtError(problem)
     max_sequence = info.export.get("max_sequence")
     profiles = options.profiles or (DEFAULT_PROFILE.fit_to(max_sequence) if max_sequence else DEFAULT_PROFILE,)
     profiles = tuple(p.for_rank(info.input_rank) for p in profiles)
@@ -194,7 +211,8 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
         _check_importable(fl)  # the child imports it; fail here with the install hint
     else:
         fl.load()
-    library = find_plugin_library(options.plugin_library, near=onnx_path.parent) if info.plugin else None
+    library = find_plugin_library(options.plugin_library, near=onnx_path.parent) if info.plugins else None
+    plugins = [{k: p[k] for k in ("name", "namespace", "version", "nodes")} for p in info.plugins]
 
     request = {
         "onnx": str(onnx_path.resolve()),
@@ -202,7 +220,7 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
         "profiles": [p.to_dict() for p in profiles],
         "optimization_level": int(options.optimization_level),
         "timing_cache": str(Path(options.timing_cache).resolve()) if options.timing_cache else None,
-        "plugin": info.plugin,
+        "plugins": plugins,
         "plugin_library": str(library) if library else None,
         "workspace_mib": options.workspace_mib,
         "compute_capabilities": list(options.compute_capabilities),
@@ -230,9 +248,9 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
             "max_sequence": max_sequence,
             "precision": info.precision,
             "profiles": [p.to_dict() for p in profiles],
-            "plugin": ({**info.plugin, "nodes": info.plugin_nodes,
-                        "library": {"path": str(library), "name": library.name, "sha256": sha256(library)}}
-                       if info.plugin else None),
+            "plugins": plugins,
+            "plugin_library": ({"path": str(library), "name": library.name, "sha256": sha256(library)}
+                               if library else None),
             "tensorrt": {"flavour": fl.name, "module": fl.module, "version": result["version"]},
             "builder": {"optimization_level": int(options.optimization_level),
                         "timing_cache": result["timing_cache"],
@@ -268,10 +286,10 @@ def _build(request: dict) -> dict:
     fl = flavour(request["backend"])
     trt = fl.load()
     logger = make_logger(trt, request["verbose"])
-    if request["plugin"]:
+    if request["plugins"]:
         if fl.ahead_of_time:  # the caller checked; a second guard, since this would abort the process
             raise DebertrtError("TensorRT-RTX cannot build plugin layers")
-        load_plugin_library(trt, request["plugin_library"], request["plugin"], fl.title)
+        load_plugin_library(trt, request["plugin_library"], request["plugins"], fl.title)
 
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)

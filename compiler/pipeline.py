@@ -128,8 +128,9 @@ def _convert(precision: str, source: Path, ref, datasets: dict, options: BuildOp
 
 
 def _build_engines(graphs: dict, out_dir: Path, backend: str, options: BuildOptions) -> tuple[list[Path], list[str]]:
-    """TensorRT takes the plugin graphs; TensorRT-RTX, which cannot take plugin layers, the plugin-free ones."""
-    from .engine import EngineOptions, build_engine
+    """TensorRT takes the plugin graphs (the plugin-free one of a precision whose plugin nodes it cannot
+    take, e.g. fused fp32 attention); TensorRT-RTX, which cannot take plugin layers, the plugin-free ones."""
+    from .engine import EngineOptions, build_engine, inspect_onnx, plugin_dtype_problem
 
     engine_options = EngineOptions(backend=backend, profiles=tuple(options.profiles),
                                    plugin_library=options.plugin_library)
@@ -137,8 +138,12 @@ def _build_engines(graphs: dict, out_dir: Path, backend: str, options: BuildOpti
     for precision, (plain, with_plugin) in graphs.items():
         if backend == "tensorrt-rtx":
             plans.append(build_engine(plain, out_dir, engine_options, name=f"engine.rtx.{precision}"))
-        else:
-            plans.append(build_engine(with_plugin, out_dir, engine_options, name=f"engine.{precision}"))
+            continue
+        problem = plugin_dtype_problem(with_plugin, inspect_onnx(with_plugin))
+        if problem:
+            notes.append(f"engine.{precision} is built from {plain.name}: {problem}")
+        plans.append(build_engine(plain if problem else with_plugin, out_dir, engine_options,
+                                  name=f"engine.{precision}"))
     if backend == "tensorrt-rtx":
         notes.append("TensorRT-RTX engines are built from the plugin-free graphs (it cannot take plugin layers)")
     return plans, notes

@@ -252,7 +252,7 @@ def export_triton(repo: str | os.PathLike, engine: str | os.PathLike | None = No
     assets = None if options.model_only else text_assets(options.model or source.model, task, options.tokenizer)
     limits = [source.max_length, options.max_length, assets.max_position if assets else None]
     source.max_length = min((v for v in limits if v), default=DEFAULT_MAX_LENGTH)
-    library = _plugin_library(source.engine, options.plugin_library) if source.engine and source.engine["plugin"] else None
+    library = _plugin_library(source.engine, options.plugin_library) if source.engine and source.engine["plugins"] else None
     env = None if source.kind == "engine" and options.model_only else python_env(options.python_env)
     model_step = name if options.model_only else f"{name}-model"
     models = {model_step: _model_step(source, model_step, library, env, options)}
@@ -352,7 +352,7 @@ def _plugin_library(engine: dict, explicit: str | os.PathLike | None) -> Path:
         if not path.is_file():
             raise DebertrtError(f"plugin library {str(path)!r} not found")
         return path
-    recorded = Path((engine["plugin"].get("library") or {}).get("path") or "")
+    recorded = Path((engine["plugin_library"] or {}).get("path") or "")
     candidates = [recorded.with_name(STATIC_PLUGIN_LIBRARY)] if recorded.name else []
     candidates += [d / STATIC_PLUGIN_LIBRARY for d in _checkout_build_dirs()]
     for candidate in candidates:
@@ -362,7 +362,8 @@ def _plugin_library(engine: dict, explicit: str | os.PathLike | None) -> Path:
     if cached is not None:
         return cached
     raise DebertrtError(
-        f"the engine uses plugin {engine['plugin']['name']} and Triton loads plugins with dlopen, which needs "
+        f"the engine uses plugins ({', '.join(p['name'] for p in engine['plugins'])}) and Triton loads plugins "
+        f"with dlopen, which needs "
         f"{STATIC_PLUGIN_LIBRARY} (built where libnvinfer is found: cmake -S plugins -B build/plugins "
         f"-DTensorRT_ROOT=...); pass it with --plugin-library")
 

@@ -55,9 +55,10 @@ def render_readme(name: str, source, task: str | None, models: dict, library: st
             f"batch {':'.join(map(str, p['batch']))}, sequence {':'.join(map(str, p['sequence']))}"
             for p in engine["profiles"]), ""]
     if library:
-        plugin = engine["plugin"]
-        lines += [f"The engine contains the `{plugin['name']}` plugin (namespace `{plugin['namespace']}`, version "
-                  f"{plugin['version']}). `{library}` (in the model step's directory) registers its creator when "
+        plugins = ", ".join(f"`{p['name']}` (namespace `{p['namespace']}`, version {p['version']})"
+                            for p in engine["plugins"])
+        lines += [f"The engine contains the plugins {plugins}. `{library}` (in the model step's directory) "
+                  "registers their creators when "
                   "loaded; Triton must load it before it deserializes the engine: pass it with "
                   "`--backend-config=tensorrt,plugins=...` as above, or with `LD_PRELOAD=$PWD/.../"
                   f"{library}:$LD_PRELOAD`. Use absolute paths; it must be built against Triton's TensorRT major "

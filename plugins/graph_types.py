@@ -1,5 +1,5 @@
-"""How ONNX tooling sees our plugin ops: which nodes are ours, and what shape inference should
-take them for.
+"""How ONNX tooling sees our plugin ops: which nodes are ours, what shape inference should take
+them for, and which ops (namespace, version, node count, I/O dtypes) a graph uses.
 
 ONNX shape inference knows no op of the ``debertrt`` domain, so each plugin node is replaced by
 standard nodes with the same output type and shape (``shape_stand_in``) for the inference:
@@ -14,9 +14,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from debertrt.core.errors import DebertrtError, first_line
-from debertrt.core.onnx_utils import FLOAT_TYPES
+from debertrt.core.onnx_utils import FLOAT_TYPES, all_nodes, attr
 
 from .spec import DISENTANGLED_ATTENTION, OPS, OpSpec
+
+_DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 
 
 def op_spec_of(node) -> OpSpec | None:
@@ -89,3 +91,35 @@ def value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
 def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor name -> element type (``TensorProto`` enum)."""
     return {name: t.tensor_type.elem_type for name, t in value_types(model).items()}
+
+
+def plugin_usage(model: onnx.ModelProto, where: str = "the graph") -> list[dict]:
+    """One entry per op of ours the graph uses, in ``OPS`` order: ``{"name", "namespace", "version",
+    "nodes", "dtypes"}``; ``dtypes`` lists the float I/O types of its nodes (their first input's), read
+    by shape inference only for ops whose TensorRT plugin takes fewer dtypes than the op (else ``[]``).
+
+    Nodes are counted by op type whatever their domain, so one asking for another plugin namespace or
+    version is a one-line ``DebertrtError`` (``where`` names the graph) rather than a node TensorRT
+    would not find a creator for."""
+    nodes = list(all_nodes(model.graph))
+    usage, types = [], None
+    for op in OPS.values():
+        mine = [n for n in nodes if n.op_type == op.op_type]
+        if not mine:
+            continue
+        asked = {(str(attr(n, "plugin_namespace", "")), str(attr(n, "plugin_version", ""))) for n in mine}
+        if len(asked) > 1:
+            raise DebertrtError(f"{where}: {op.op_type} nodes disagree on namespace/version {sorted(asked)}")
+        namespace, version = asked.pop()
+        if (namespace, version) != (op.plugin_namespace, op.plugin_version):
+            raise DebertrtError(f"{where}: {op.op_type} nodes ask for namespace {namespace!r} version {version!r}, "
+                                f"but this debertrt provides {op.plugin_namespace!r} version {op.plugin_version!r}: "
+                                f"rerun the rewrite")
+        dtypes = []
+        if op.tensorrt_dtypes != op.io_dtypes:
+            types = types if types is not None else elem_types(model)
+            dtypes = sorted({_DTYPE_NAMES.get(types.get(n.input[0]), "unknown") for n in mine})
+        usage.append({"name": op.op_type, "namespace": namespace, "version": version, "nodes": len(mine),
+                      "dtypes": dtypes})
+    return usage
+

@@ -1,6 +1,7 @@
-"""Build and locate the C++/CUDA libraries: the DisentangledAttention kernel and the TensorRT plugins.
+"""Build and locate the C++/CUDA libraries: the kernels and the TensorRT plugins.
 
-The C++/CUDA sources live beside this file (``CMakeLists.txt``, ``disentangled_attention/``).
+The C++/CUDA sources live beside this file (``CMakeLists.txt``, ``cmake/``, ``common/``,
+``disentangled_attention/``, ``flash/``, ``testing/``).
 :func:`build` runs CMake into a build directory; without one it uses a cache directory keyed
 by a hash of the sources and options (``<debertrt cache>/plugins/<hash>``, see
 ``debertrt.core.artifacts.cache_root``), so an unchanged tree builds once.
@@ -9,10 +10,12 @@ by a hash of the sources and options (``<debertrt cache>/plugins/<hash>``, see
 
 Libraries:
 
-- ``libdebertrt_kernels.so``: the kernel, C entry point ``debertrt_disentangled_attention``.
-- ``libdebertrt_plugins.so``: the TensorRT plugin for ``IPluginRegistry::loadLibrary``
+- ``libdebertrt_kernels.so``: the gather kernel, C entry point ``debertrt_disentangled_attention``.
+- ``libdebertrt_flash.so``: the fused kernel's cubins (compiled by Triton during the build, with
+  this Python) and their launcher, C entry point ``debertrt_flash_attention``.
+- ``libdebertrt_plugins.so``: the TensorRT plugins of both ops for ``IPluginRegistry::loadLibrary``
   (``getCreators``/``setLoggerFinder``; no TensorRT library needed to build it).
-- ``libdebertrt_plugins_static.so``: the same plugin registering itself when loaded
+- ``libdebertrt_plugins_static.so``: the same plugins registering themselves when loaded
   (``ctypes.CDLL``, ``polygraphy --plugins``, ``trtexec --staticPlugins``); needs libnvinfer.
 """
 
@@ -22,6 +25,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from pathlib import Path
 from debertrt.core.artifacts import cache_root
 
 KERNEL_LIBRARY = "libdebertrt_kernels.so"
+FLASH_LIBRARY = "libdebertrt_flash.so"
 PLUGIN_LIBRARY = "libdebertrt_plugins.so"
 PLUGIN_STATIC_LIBRARY = "libdebertrt_plugins_static.so"
 KERNEL_SELFTEST = "debertrt_kernel_selftest"
@@ -36,6 +41,26 @@ PLUGIN_SELFTEST = "debertrt_plugin_selftest"
 
 #: SASS for sm_80/86/89/90 and compute_90 PTX (CMake CUDA_ARCHITECTURES syntax).
 DEFAULT_CUDA_ARCHITECTURES = "80-real;86-real;89-real;90-real;90-virtual"
+
+
+@dataclass(frozen=True)
+class FlashVariants:
+    """Which fused-kernel cubins a build compiles: SASS targets x I/O dtypes x head-dim tiles (each
+    tile serves head dims up to it). The default is what ``plugins/CMakeLists.txt`` defaults to."""
+
+    archs: tuple[int, ...] = (80, 90)
+    dtypes: tuple[str, ...] = ("float16", "bfloat16")
+    head_dims: tuple[int, ...] = (32, 64, 128)
+
+    def cmake_args(self) -> list[str]:
+        def joined(values):
+            return ";".join(str(v) for v in values)
+
+        return [f"-DDEBERTRT_FLASH_ARCHS={joined(self.archs)}", f"-DDEBERTRT_FLASH_DTYPES={joined(self.dtypes)}",
+                f"-DDEBERTRT_FLASH_HEAD_DIMS={joined(self.head_dims)}"]
+
+
+DEFAULT_FLASH_VARIANTS = FlashVariants()
 
 _LOG_NAME = "debertrt-build.log"
 
@@ -53,10 +78,12 @@ def source_dir() -> Path:
 
 
 def source_files() -> list[Path]:
+    """Everything the CMake project reads: its C++/CUDA/CMake files and the Python the fused kernel's
+    cubins are generated from."""
     root = source_dir()
-    files = [root / "CMakeLists.txt"]
-    files += sorted(p for p in (root / "disentangled_attention").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts)
+    files = [root / "CMakeLists.txt", root / "spec.py", root / "reference.py"]
+    for folder in ("cmake", "common", "disentangled_attention", "flash", "testing"):
+        files += sorted(p for p in (root / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files
 
 
@@ -119,6 +146,7 @@ def tensorrt_root_from_env() -> str | None:
 class BuildResult:
     build_dir: Path
     kernel_library: Path | None
+    flash_library: Path | None
     plugin_library: Path | None
     plugin_static_library: Path | None
     kernel_selftest: Path | None
@@ -135,14 +163,15 @@ class BuildResult:
             path = build_dir / name
             return path if path.is_file() and (current is None or name in current) else None
 
-        return cls(build_dir, found(KERNEL_LIBRARY), found(PLUGIN_LIBRARY), found(PLUGIN_STATIC_LIBRARY),
-                   found(KERNEL_SELFTEST), found(PLUGIN_SELFTEST), build_dir / _LOG_NAME)
+        return cls(build_dir, found(KERNEL_LIBRARY), found(FLASH_LIBRARY), found(PLUGIN_LIBRARY),
+                   found(PLUGIN_STATIC_LIBRARY), found(KERNEL_SELFTEST), found(PLUGIN_SELFTEST), build_dir / _LOG_NAME)
 
 
 def default_build_dir(*, tensorrt_root: str | os.PathLike | None = None, compile_only: bool = False,
-                      cuda_architectures: str = DEFAULT_CUDA_ARCHITECTURES) -> Path:
+                      cuda_architectures: str = DEFAULT_CUDA_ARCHITECTURES,
+                      flash: FlashVariants = DEFAULT_FLASH_VARIANTS) -> Path:
     key = source_hash(tensorrt_root=str(tensorrt_root or ""), compile_only=compile_only,
-                      cuda_architectures=cuda_architectures)
+                      cuda_architectures=cuda_architectures, flash=flash, python=sys.executable)
     return build_cache() / key
 
 
@@ -159,13 +188,15 @@ def _last_error_line(text: str) -> str:
 
 def build(build_dir: str | os.PathLike | None = None, *, tensorrt_root: str | os.PathLike | None = None,
           compile_only: bool = False, cuda_architectures: str = DEFAULT_CUDA_ARCHITECTURES,
-          targets: list[str] | None = None, jobs: int | None = None, werror: bool = True,
-          extra_cmake_args: list[str] | None = None) -> BuildResult:
+          flash: FlashVariants = DEFAULT_FLASH_VARIANTS, targets: list[str] | None = None, jobs: int | None = None,
+          werror: bool = True, extra_cmake_args: list[str] | None = None) -> BuildResult:
     """Configure and build the plugin project with CMake; returns what was built.
 
     ``tensorrt_root``: a TensorRT prefix (``include/``, ``lib/``); headers alone build
     ``libdebertrt_plugins.so``, a libnvinfer also ``libdebertrt_plugins_static.so``.
     ``compile_only``: only compile the plugin sources (``DEBERTRT_TRT_COMPILE_ONLY``).
+    ``flash``: the fused kernel's cubins, compiled by Triton with this Python (where it has triton
+    and torch; without them the libraries hold the gather op only, with a CMake warning in the log).
     Raises :class:`PluginBuildError` (one line) when cmake or nvcc is missing or a step fails;
     the full output is in ``<build_dir>/debertrt-build.log``.
     """
@@ -187,6 +218,7 @@ def build(build_dir: str | os.PathLike | None = None, *, tensorrt_root: str | os
                  f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DDEBERTRT_CUDA_ARCHITECTURES={cuda_architectures}",
                  f"-DDEBERTRT_TRT_COMPILE_ONLY={'ON' if compile_only else 'OFF'}",
                  f"-DDEBERTRT_WERROR={'ON' if werror else 'OFF'}",
+                 f"-DPython3_EXECUTABLE={sys.executable}", *flash.cmake_args(),
                  f"-DTensorRT_ROOT={Path(tensorrt_root).resolve() if tensorrt_root else ''}",
                  # Re-find TensorRT on every configure: a reused build dir may have another root cached.
                  "-UTensorRT_INCLUDE_DIR", "-UTensorRT_nvinfer_LIBRARY"]
@@ -212,29 +244,42 @@ def build(build_dir: str | os.PathLike | None = None, *, tensorrt_root: str | os
     return BuildResult.scan(build_dir)
 
 
-def find_kernel_library(build_dir: str | os.PathLike | None = None, *, build_if_missing: bool = True) -> Path:
-    """Path of ``libdebertrt_kernels.so``: ``$DEBERTRT_KERNEL_LIBRARY``, else ``build_dir``
-    (built incrementally), else the source-hash cache directory (built once)."""
-    override = os.environ.get("DEBERTRT_KERNEL_LIBRARY")
+def _find_kernel(name: str, env: str, target: str, attribute: str, build_dir, build_if_missing: bool) -> Path:
+    """A kernel library: ``$<env>``, else ``build_dir`` (built incrementally), else the source-hash cache
+    directory (built once)."""
+    override = os.environ.get(env)
     if override:
         path = Path(override)
         if not path.is_file():
-            raise PluginBuildError(f"DEBERTRT_KERNEL_LIBRARY={override} does not exist")
+            raise PluginBuildError(f"{env}={override} does not exist")
         return path
     explicit = build_dir is not None
     directory = Path(build_dir) if explicit else default_build_dir()
-    library = directory / KERNEL_LIBRARY
+    library = directory / name
     if library.is_file() and not explicit:
         return library
     if not build_if_missing:
         if library.is_file():
             return library
-        raise PluginBuildError(f"{KERNEL_LIBRARY} not found in {directory} "
-                               "(build it with debertrt.plugins.libraries.build)")
-    result = build(directory, targets=["debertrt_kernels"])
-    if result.kernel_library is None:
-        raise PluginBuildError(f"the build in {directory} produced no {KERNEL_LIBRARY} (see {result.log})")
-    return result.kernel_library
+        raise PluginBuildError(f"{name} not found in {directory} (build it with debertrt.plugins.libraries.build)")
+    result = build(directory, targets=[target])
+    if getattr(result, attribute) is None:
+        raise PluginBuildError(f"the build in {directory} produced no {name} (see {result.log})")
+    return getattr(result, attribute)
+
+
+def find_kernel_library(build_dir: str | os.PathLike | None = None, *, build_if_missing: bool = True) -> Path:
+    """Path of ``libdebertrt_kernels.so``: ``$DEBERTRT_KERNEL_LIBRARY``, else ``build_dir``
+    (built incrementally), else the source-hash cache directory (built once)."""
+    return _find_kernel(KERNEL_LIBRARY, "DEBERTRT_KERNEL_LIBRARY", "debertrt_kernels", "kernel_library", build_dir,
+                        build_if_missing)
+
+
+def find_flash_library(build_dir: str | os.PathLike | None = None, *, build_if_missing: bool = True) -> Path:
+    """Path of ``libdebertrt_flash.so``, found as :func:`find_kernel_library` finds its library
+    (``$DEBERTRT_FLASH_LIBRARY`` overrides); building it needs triton and torch in this Python."""
+    return _find_kernel(FLASH_LIBRARY, "DEBERTRT_FLASH_LIBRARY", "debertrt_flash", "flash_library", build_dir,
+                        build_if_missing)
 
 
 def find_plugin_library(tensorrt_root: str | os.PathLike | None = None, build_dir: str | os.PathLike | None = None,

@@ -90,7 +90,7 @@ class Engine:
         elif not self.metadata.plan_path.is_file():
             raise DebertrtError(f"{self.metadata.plan_path} not found: rebuild the engine")
         # plugin checks need no TensorRT: fail here, on any machine, rather than at activation
-        self.plugin_library = self._plugin_library(plugin_library) if self.metadata.plugin else None
+        self.plugin_library = self._plugin_library(plugin_library) if self.metadata.plugins else None
         self.cuda_graph = bool(cuda_graph)
         self.device = device
         self._context = None
@@ -130,8 +130,8 @@ class Engine:
         if reason:
             raise DebertrtError(f"cannot run {meta.plan_path.name}: {reason}")
         self._torch_device = torch.device("cuda", torch.cuda.current_device())
-        if meta.plugin:
-            load_plugin_library(trt, self.plugin_library, meta.plugin, fl.title)
+        if meta.plugins:
+            load_plugin_library(trt, self.plugin_library, meta.plugins, fl.title)
 
         self._logger = make_logger(trt, verbose=False)
         self._runtime = trt.Runtime(self._logger)
@@ -166,18 +166,19 @@ class Engine:
         return self
 
     def _plugin_library(self, explicit) -> Path:
-        """Check the engine's plugin against this debertrt's spec and find its library."""
+        """Check every plugin op the engine uses against this debertrt's spec and find their library."""
         from debertrt.plugins import spec
 
         meta = self.metadata
-        plugin = meta.plugin
-        if (plugin["name"], plugin["namespace"], plugin["version"]) != (spec.OP_TYPE, spec.PLUGIN_NAMESPACE,
-                                                                         spec.PLUGIN_VERSION):
-            raise DebertrtError(
-                f"{meta.plan_path.name} uses plugin {plugin['name']} {plugin['namespace']!r} version "
-                f"{plugin['version']}, this debertrt provides {spec.OP_TYPE} {spec.PLUGIN_NAMESPACE!r} version "
-                f"{spec.PLUGIN_VERSION}: rebuild the engine")
-        recorded = (plugin.get("library") or {}).get("path")
+        for plugin in meta.plugins:
+            op = spec.OPS.get(plugin["name"])
+            if op is None or (plugin["namespace"], plugin["version"]) != (op.plugin_namespace, op.plugin_version):
+                provides = "; ".join(f"{o.op_type} {o.plugin_namespace!r} version {o.plugin_version}"
+                                     for o in spec.OPS.values())
+                raise DebertrtError(
+                    f"{meta.plan_path.name} uses plugin {plugin['name']} {plugin['namespace']!r} version "
+                    f"{plugin['version']}, this debertrt provides {provides}: rebuild the engine")
+        recorded = (meta.plugin_library or {}).get("path")
         explicit = explicit or os.environ.get(PLUGIN_LIBRARY_ENV) or (
             recorded if recorded and Path(recorded).is_file() else None)
         return find_plugin_library(explicit, near=meta.plan_path.parent)

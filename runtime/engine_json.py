@@ -1,8 +1,11 @@
 """``engine.json``: what an engine is, written beside every plan and read before touching it.
 
-The format (``ENGINE_FORMAT``) holds the model, task, precision, profiles, plugin, TensorRT
-flavour and version, input/output names, dtypes and shapes, and hashes of the plan and the
-ONNX it came from. ``EngineMetadata`` reads and checks it on any machine: no TensorRT, no GPU.
+The format (``ENGINE_FORMAT``) holds the model, task, precision, profiles, the plugin ops the
+engine uses (``plugins``: one entry per op, name/namespace/version/nodes) and the library they
+were built with (``plugin_library``), TensorRT flavour and version, input/output names, dtypes and
+shapes, and hashes of the plan and the ONNX it came from. ``EngineMetadata`` reads and checks it on
+any machine: no TensorRT, no GPU. Files of the first format (one ``plugin`` entry, its library
+inside) are read as the current one.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from debertrt.core.errors import DebertrtError, first_line
 from .profiles import Profile
 from .tensorrt import flavour
 
-ENGINE_FORMAT = "debertrt-engine/1"
+ENGINE_FORMAT = "debertrt-engine/2"
+FIRST_FORMAT = "debertrt-engine/1"  # "plugin": one op's entry (or null) with its "library" inside
 PLAN_NAME = "engine.plan"
 
 # Every key engine.json has (tests check them all).
 ENGINE_JSON_KEYS = (
     "format", "created", "plan", "onnx", "model", "task", "config_hash", "model_version", "max_sequence",
-    "precision", "profiles", "plugin", "tensorrt", "builder", "inputs", "outputs",
+    "precision", "profiles", "plugins", "plugin_library", "tensorrt", "builder", "inputs", "outputs",
 )
 
 
@@ -44,6 +48,9 @@ def read_engine_json(path: str | os.PathLike) -> dict:
         data = read_json(json_path)
     except (OSError, ValueError) as exc:
         raise DebertrtError(f"{json_path} is corrupt ({first_line(exc)}): rebuild the engine") from exc
+    if isinstance(data, dict) and data.get("format") == FIRST_FORMAT and isinstance(data.get("plugin", 0),
+                                                                                  (dict, type(None))):
+        data = _from_first_format(data)
     if not isinstance(data, dict) or data.get("format") != ENGINE_FORMAT:
         raise DebertrtError(f"{json_path} is not a debertrt engine description (format "
                             f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
@@ -51,6 +58,15 @@ def read_engine_json(path: str | os.PathLike) -> dict:
     missing = [k for k in ENGINE_JSON_KEYS if k not in data]
     if missing:
         raise DebertrtError(f"{json_path} lacks {', '.join(missing)}: rebuild the engine")
+    return data
+
+
+def _from_first_format(data: dict) -> dict:
+    """A first-format engine.json as the current format: its one plugin entry becomes the list."""
+    data = dict(data, format=ENGINE_FORMAT)
+    plugin = data.pop("plugin", None)
+    data["plugins"] = [{k: v for k, v in plugin.items() if k != "library"}] if plugin else []
+    data["plugin_library"] = plugin.get("library") if plugin else None
     return data
 
 
@@ -82,8 +98,14 @@ class EngineMetadata:
         return self.data["tensorrt"]["version"]
 
     @property
-    def plugin(self) -> dict | None:
-        return self.data["plugin"]
+    def plugins(self) -> list[dict]:
+        """The plugin ops the engine uses: name, namespace, version, nodes (empty: none)."""
+        return self.data["plugins"]
+
+    @property
+    def plugin_library(self) -> dict | None:
+        """The plugin library the engine was built with: path, name, sha256 (None without plugins)."""
+        return self.data["plugin_library"]
 
     @property
     def precision(self) -> str:

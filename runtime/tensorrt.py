@@ -1,5 +1,5 @@
 """The TensorRT flavour layer: which TensorRT Python module, its logger, dtype names, and the
-plugin library (find, load, check our creator).
+plugin library (find, load, check the creators of the ops an engine uses).
 
 Two flavours share TensorRT's API: TensorRT 10.x/11.x (``tensorrt``) and TensorRT-RTX
 (``tensorrt_rtx_bindings``, builds ahead of time without a GPU, no plugin layers). Modules
@@ -115,22 +115,24 @@ def cached_plugin_library(static: bool = False) -> Path | None:
         return None
 
 
-def load_plugin_library(trt, library: str | os.PathLike, plugin: dict, title: str = "TensorRT"):
-    """Load ``library`` into ``trt``'s plugin registry and check that it provides ``plugin``'s creator."""
+def load_plugin_library(trt, library: str | os.PathLike, plugins: list[dict], title: str = "TensorRT"):
+    """Load ``library`` into ``trt``'s plugin registry and check that it provides the creator of every
+    op in ``plugins`` (entries with name, version, namespace)."""
     registry = trt.get_plugin_registry()
-    name, version, namespace = plugin["name"], plugin["version"], plugin["namespace"]
+    wanted = [(p["name"], p["version"], p["namespace"]) for p in plugins]
     key = (trt.__name__, str(Path(library).resolve()))
-    if registry.get_creator(name, version, namespace) is None and key not in _LOADED_LIBRARIES:
+    if any(registry.get_creator(*w) is None for w in wanted) and key not in _LOADED_LIBRARIES:
         handle = registry.load_library(str(library))
         if handle is None:
             raise DebertrtError(f"{title} could not load the plugin library {library}: built against another "
                                 f"TensorRT major version, or its creators are already registered from another file")
         _LOADED_LIBRARIES[key] = handle
-    if registry.get_creator(name, version, namespace) is None:
-        found = _creator_versions(registry, name, namespace)
-        has = f"provides version(s) {', '.join(found)}" if found else f"does not provide {name}"
-        raise DebertrtError(f"{library} {has}, but plugin {name} version {version} in namespace {namespace!r} "
-                            f"is needed: rebuild the plugin library (or the engine) from this checkout")
+    for name, version, namespace in wanted:
+        if registry.get_creator(name, version, namespace) is None:
+            found = _creator_versions(registry, name, namespace)
+            has = f"provides version(s) {', '.join(found)}" if found else f"does not provide {name}"
+            raise DebertrtError(f"{library} {has}, but plugin {name} version {version} in namespace {namespace!r} "
+                                f"is needed: rebuild the plugin library (or the engine) from this checkout")
 
 
 _LOADED_LIBRARIES: dict[tuple[str, str], object] = {}  # (module, path) -> handle: load each library once

@@ -13,7 +13,11 @@
 #   F1. DisentangledFlashAttention Triton kernel: correctness matrix vs the float32 torch reference
 #      (fp16/bf16, S in {1, 63, 64, 65, 500, 512, 2048}, padding kinds)      (scripts/flash_check.py gpu)
 #   F2. attention benchmark, all peers side by side (ms, TFLOP/s; optional)  (scripts/bench_attention.py)
-#   F1/F2 run right after the build (F2's gather-plugin peer uses the library it made).
+#   F3. the same kernel's ahead-of-time cubins (compiled by Triton during the build, embedded in
+#      libdebertrt_flash.so) through the C++ launcher the TensorRT plugin links, vs the same reference
+#      (fp16/bf16, S in {1, 64, 65, 512}, every presence, padding, head dims 32/48/64/128)
+#                                                                  (scripts/flash_check.py launcher)
+#   F1-F3 run right after the build (F2's gather-plugin peer uses the library it made).
 #
 # Peers that PyPI has and this machine lacks travel as wheels: put them in $REPO/.whl/ (ignored
 # by git) on a machine with pip, e.g.
@@ -27,8 +31,10 @@
 #   summary.txt, summary.json, kernel_check.json, one <step>.log per step.
 # Env: DEBERTRT_BUILD_DIR (default: a new temp dir), DEBERTRT_CUDA_ARCHITECTURES (CMake syntax),
 #      DEBERTRT_GPU_CHECK_QUICK=1 (smaller matrix), DEBERTRT_GPU_CHECK_NO_COMPILE=1 (skip torch.compile),
-#      DEBERTRT_GPU_CHECK_ONLY=flash (only F1/F2: no CMake build, no CUDA plugin checks).
-# Time: each step has a limit (run_step's third argument); F1 240 s, F2 300 s.
+#      DEBERTRT_GPU_CHECK_ONLY=flash (only F1-F3: the CMake build of libdebertrt_flash.so alone, no
+#      gather-kernel checks).
+# The build compiles the fused kernel with python3's triton (CMake option Python3_EXECUTABLE).
+# Time: each step has a limit (run_step's third argument); F1 240 s, F2 300 s, F3 120 s.
 # Exit: 0 every required step passed, 1 a required step failed, 2 the build could not run.
 set -uo pipefail
 
@@ -126,20 +132,20 @@ if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
   fi
 fi
 
-flash_steps() {  # F1, F2; $1: the kernel library for the gather-plugin peer, if any
+flash_steps() {  # F1, F3, F2 (the optional benchmark last); $1: the kernel library for the gather-plugin peer
   run_step flash_check 1 240 python3 "$REPO/scripts/flash_check.py" gpu --json "$OUT_DIR/flash_check.json"
+  if [[ -f $BUILD_DIR/libdebertrt_flash.so ]]; then
+    run_step flash_launcher 1 120 python3 "$REPO/scripts/flash_check.py" launcher \
+      --library "$BUILD_DIR/libdebertrt_flash.so" --json "$OUT_DIR/flash_launcher.json"
+  else
+    skip_step flash_launcher "libdebertrt_flash.so was not built (python3 without triton? see configure.log)"
+    failed=1
+  fi
   local args=(--json "$OUT_DIR/bench_attention.json")
   [[ -n ${1:-} ]] && args+=(--kernel-library "$1")
   [[ ${DEBERTRT_GPU_CHECK_NO_COMPILE:-0} == 1 ]] && args+=(--no-compile)
   run_step bench_attention 0 300 python3 "$REPO/scripts/bench_attention.py" "${args[@]}"
 }
-
-if [[ ${DEBERTRT_GPU_CHECK_ONLY:-} == flash ]]; then
-  flash_steps ""
-  write_summary_json
-  note "overall: $([[ $failed == 0 ]] && echo PASS || echo FAIL); results in $OUT_DIR"
-  exit $failed
-fi
 
 if ! command -v nvcc > /dev/null 2>&1 || ! command -v cmake > /dev/null 2>&1; then
   note "nvcc or cmake not found: cannot build"
@@ -150,20 +156,28 @@ if ! command -v nvcc > /dev/null 2>&1 || ! command -v cmake > /dev/null 2>&1; th
 fi
 
 # ---- 1. build -------------------------------------------------------------------------------
+BUILD_TARGETS=()
+[[ ${DEBERTRT_GPU_CHECK_ONLY:-} == flash ]] && BUILD_TARGETS=(--target debertrt_flash)
 if ! run_step configure 1 300 cmake -S "$REPO/plugins" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
-  "-DDEBERTRT_CUDA_ARCHITECTURES=$ARCHS"; then
+  "-DDEBERTRT_CUDA_ARCHITECTURES=$ARCHS" "-DPython3_EXECUTABLE=$(command -v python3)"; then
   write_summary_json
   exit 2
 fi
-if ! run_step build 1 600 cmake --build "$BUILD_DIR" --parallel "$(nproc)"; then
+if ! run_step build 1 600 cmake --build "$BUILD_DIR" --parallel "$(nproc)" "${BUILD_TARGETS[@]}"; then
   write_summary_json
   exit 2
+fi
+if [[ ${DEBERTRT_GPU_CHECK_ONLY:-} == flash ]]; then
+  flash_steps ""
+  write_summary_json
+  note "overall: $([[ $failed == 0 ]] && echo PASS || echo FAIL); results in $OUT_DIR"
+  exit $failed
 fi
 KERNEL_LIB=$BUILD_DIR/libdebertrt_kernels.so
 SELFTEST=$BUILD_DIR/debertrt_kernel_selftest
 nm -D --defined-only "$KERNEL_LIB" 2>&1 | grep debertrt_ | tee -a "$SUMMARY_TXT"
 
-# ---- F1, F2: the fused Triton kernel (before the long sanitizer runs) -------------------------
+# ---- F1-F3: the fused Triton kernel (before the long sanitizer runs) --------------------------
 flash_steps "$KERNEL_LIB"
 
 # ---- 2. C++ self-test -----------------------------------------------------------------------

@@ -17,13 +17,16 @@ from debertrt.plugins import spec
 CPP = Path(__file__).resolve().parents[1] / "runtime" / "cpp"
 
 
-def test_the_example_asks_for_the_plugin_the_spec_defines():
+def test_the_example_asks_for_every_plugin_the_spec_defines():
     source = (CPP / "main.cpp").read_text()
     constants = dict(re.findall(r'constexpr char const\* (kPlugin\w+) = "([^"]*)"', source))
-    assert constants == {"kPluginName": spec.OP_TYPE, "kPluginVersion": spec.PLUGIN_VERSION,
-                         "kPluginNamespace": spec.PLUGIN_NAMESPACE}
-    readme = (CPP / "README.md").read_text()
-    assert f"`{spec.OP_TYPE}` creator (namespace\n  `{spec.PLUGIN_NAMESPACE}`, version `{spec.PLUGIN_VERSION}`" in readme
+    assert constants == {"kPluginVersion": spec.PLUGIN_VERSION, "kPluginNamespace": spec.PLUGIN_NAMESPACE}
+    names = re.search(r"constexpr char const\* kPluginNames\[\] = \{([^}]*)\}", source).group(1)
+    assert re.findall(r'"(\w+)"', names) == list(spec.OPS)
+    readme = " ".join((CPP / "README.md").read_text().split())
+    creators = " and ".join(f"`{name}`" for name in spec.OPS)
+    assert (f"the creators of {creators} (namespace `{spec.PLUGIN_NAMESPACE}`, version `{spec.PLUGIN_VERSION}`"
+            in readme)
 
 
 def _tensorrt_include() -> Path:

@@ -1,5 +1,6 @@
 """Engine builds: profiles and options, TensorRT-RTX ahead-of-time builds of every preset,
-engine.json, plugin graphs refused for TensorRT-RTX, clear errors.
+engine.json, plugin graphs (either op, small graphs built here) refused for TensorRT-RTX and fused
+fp32 graphs refused for TensorRT, the plugin library's creators checked, clear errors.
 
 TensorRT-RTX builds on this CPU machine; full TensorRT needs its own install (and a GPU),
 so those tests are skipped with the reason where it is absent.
@@ -8,6 +9,7 @@ so those tests are skipped with the reason where it is absent.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -46,6 +48,30 @@ def plugin_onnx(path, namespace=spec.PLUGIN_NAMESPACE, version=spec.PLUGIN_VERSI
     node = helper.make_node(spec.OP_TYPE, ["c2c", "c2p", "p2c", "rel_table"], ["out"], domain=spec.DOMAIN, **attrs)
     graph = helper.make_graph([node], "plugin", inputs,
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, shapes["c2c"])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(spec.DOMAIN, 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def flash_onnx(path, dtype=TensorProto.FLOAT16, gather=False, version=spec.PLUGIN_VERSION):
+    """A one-node DisentangledFlashAttention graph as the fused rewrite emits it (and, with ``gather``,
+    a DisentangledAttention node beside it: a graph may hold both ops)."""
+    H, D, S, P = 2, 64, 8, 4
+    inputs = [helper.make_tensor_value_info(n, dtype, ["batch", H, "sequence", D]) for n in ("q", "k", "v")]
+    inputs += [helper.make_tensor_value_info(n, dtype, [H, 2 * P, D]) for n in ("pos_key", "pos_query")]
+    inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT32, ["batch", "sequence"]))
+    table = numpy_helper.from_array(np.arange(-(S - 1), S, dtype=np.int32), "rel_table")
+    attrs = spec.flash_node_attributes(1.0, 0.125, 0.125, True, True, 0, S)
+    attrs.update(plugin_version=version)
+    nodes = [helper.make_node(spec.FLASH_OP_TYPE, ["q", "k", "v", "pos_key", "pos_query", "mask", "rel_table"],
+                              ["context"], domain=spec.DOMAIN, **attrs)]
+    outputs = [helper.make_tensor_value_info("context", dtype, ["batch", "sequence", H * D])]
+    if gather:
+        inputs.append(helper.make_tensor_value_info("c2c", dtype, ["batch", H, S, S]))
+        nodes.append(helper.make_node(spec.OP_TYPE, ["c2c", "c2c", "rel_table"], ["scores"], domain=spec.DOMAIN,
+                                      **spec.node_attributes(0, S, 1.0, True, False)))
+        outputs.append(helper.make_tensor_value_info("scores", dtype, ["batch", H, S, S]))
+    graph = helper.make_graph(nodes, "fused", inputs, outputs, [table])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(spec.DOMAIN, 1)])
     onnx.save(model, str(path))
     return path
@@ -154,18 +180,64 @@ def test_a_profile_longer_than_the_model_is_refused_before_building(exported, tm
 
 def test_inspect_onnx_reads_precision_plugin_and_manifest(exported, tmp_path):
     info = inspect_onnx(exported("tiny-deberta-v2", "sequence-classification", "torchscript"))
-    assert info.precision == "fp32" and info.plugin is None and info.plugin_nodes == 0
+    assert info.precision == "fp32" and info.plugins == [] and info.plugin_nodes == 0
     assert info.export["max_sequence"] == 512 and info.export["inputs"]["task"] == "sequence-classification"
     assert inspect_onnx(small_graph(tmp_path / "a.onnx", "fp16")).precision == "fp16"
     assert inspect_onnx(small_graph(tmp_path / "b.onnx", "int8")).precision == "int8"
     info = inspect_onnx(plugin_onnx(tmp_path / "plugin.onnx"))
-    assert info.plugin == {"name": spec.OP_TYPE, "namespace": spec.PLUGIN_NAMESPACE, "version": spec.PLUGIN_VERSION}
+    assert info.plugins == [{"name": spec.OP_TYPE, "namespace": spec.PLUGIN_NAMESPACE,
+                             "version": spec.PLUGIN_VERSION, "nodes": 1, "dtypes": []}]
     assert info.plugin_nodes == 1
 
 
-def test_plugin_nodes_of_another_version_are_refused(tmp_path):
+def test_inspect_onnx_lists_every_op_of_the_spec(tmp_path):
+    info = inspect_onnx(flash_onnx(tmp_path / "both.onnx", gather=True))
+    assert [(p["name"], p["nodes"]) for p in info.plugins] == [(name, 1) for name in spec.OPS]
+    assert info.plugins[1] == {"name": spec.FLASH_OP_TYPE, "namespace": spec.PLUGIN_NAMESPACE,
+                               "version": spec.PLUGIN_VERSION, "nodes": 1, "dtypes": ["float16"]}
+    assert inspect_onnx(flash_onnx(tmp_path / "bf16.onnx", TensorProto.BFLOAT16)).plugins[0]["dtypes"] == ["bfloat16"]
+    assert info.plugin_nodes == 2
+
+
+@pytest.mark.parametrize("graph", [plugin_onnx, flash_onnx])
+def test_plugin_nodes_of_another_version_are_refused(tmp_path, graph):
     with pytest.raises(DebertrtError, match="version '7'.*rerun the rewrite"):
-        inspect_onnx(plugin_onnx(tmp_path / "plugin.onnx", version="7"))
+        inspect_onnx(graph(tmp_path / "plugin.onnx", version="7"))
+
+
+def test_a_fused_fp32_graph_is_refused_before_tensorrt(tmp_path):
+    """The fused op's TensorRT plugin takes fp16/bf16: an fp32 fused graph is refused with the fix, before
+    TensorRT is imported (it is not installed here) and before anything is written."""
+    onnx_path = flash_onnx(tmp_path / "model.fused.onnx", TensorProto.FLOAT)
+    with pytest.raises(DebertrtError, match="DisentangledFlashAttention nodes are float32, the TensorRT plugin takes "
+                                            "float16, bfloat16: build the fp16 graph"):
+        build_engine(onnx_path, tmp_path / "out", EngineOptions(backend="tensorrt"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "tensorrt-rtx"])
+def test_the_pipeline_gives_tensorrt_the_fused_graphs_it_can_take(tmp_path, monkeypatch, backend):
+    """debertrt build: TensorRT builds a precision's plugin graph (fused fp16 here), the plugin-free graph
+    where the plugin refuses the graph's dtype (fused fp32), with a note; TensorRT-RTX the plugin-free ones."""
+    from debertrt.compiler import pipeline
+
+    built = []
+
+    def record(onnx_path, out_dir, options, name):
+        built.append((Path(onnx_path).name, name))
+        return Path(out_dir) / f"{name}.plan"
+
+    monkeypatch.setattr(engine_module, "build_engine", record)
+    graphs = {"fp32": (small_graph(tmp_path / "model.onnx", "int8"), flash_onnx(tmp_path / "fused.onnx",
+                                                                                   TensorProto.FLOAT)),
+              "fp16": (small_graph(tmp_path / "model.fp16.onnx", "fp16"), flash_onnx(tmp_path / "fused.fp16.onnx"))}
+    plans, notes = pipeline._build_engines(graphs, tmp_path, backend, pipeline.BuildOptions())
+    if backend == "tensorrt":
+        assert built == [("model.onnx", "engine.fp32"), ("fused.fp16.onnx", "engine.fp16")]
+        assert len(notes) == 1 and "engine.fp32 is built from model.onnx" in notes[0] and "float32" in notes[0]
+    else:
+        assert built == [("model.onnx", "engine.rtx.fp32"), ("model.fp16.onnx", "engine.rtx.fp16")]
+    assert [p.name for p in plans] == [f"{name}.plan" for _, name in built]
 
 
 def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path):
@@ -202,7 +274,7 @@ def test_rtx_builds_every_preset(exported, tmp_path, preset, task):
     assert plan == tmp_path / "engine.plan" and plan.stat().st_size > 0
     data = read_engine_json(plan)
     assert set(data) == set(ENGINE_JSON_KEYS)
-    assert data["format"] == "debertrt-engine/1" and data["created"]
+    assert data["format"] == "debertrt-engine/2" and data["created"]
     assert data["plan"] == {"path": "engine.plan", "sha256": sha256(plan), "bytes": plan.stat().st_size}
     assert data["onnx"]["sha256"] == sha256(onnx_path) and data["onnx"]["name"] == "model.onnx"
     assert data["model"] == preset and data["task"] == task
@@ -210,7 +282,7 @@ def test_rtx_builds_every_preset(exported, tmp_path, preset, task):
     assert data["max_sequence"] == ref.max_sequence
     assert data["precision"] == "fp32"
     assert data["profiles"] == [{"batch": [1, 2, 4], "sequence": [1, 16, 64]}]
-    assert data["plugin"] is None
+    assert data["plugins"] == [] and data["plugin_library"] is None
     import tensorrt_rtx_bindings
 
     assert data["tensorrt"] == {"flavour": "tensorrt-rtx", "module": "tensorrt_rtx_bindings",
@@ -305,9 +377,11 @@ def test_rtx_builds_calibration_artifacts(exported, tmp_path, precision):
 
 
 @requires_rtx
-def test_plugin_graphs_are_refused_for_rtx_before_its_parser_sees_them(tmp_path):
-    onnx_path = plugin_onnx(tmp_path / "model.plugin.onnx")
-    with pytest.raises(DebertrtError, match="TensorRT-RTX cannot build plugin layers"):
+@pytest.mark.parametrize("graph, names", [(plugin_onnx, "1 DisentangledAttention"),
+                                          (flash_onnx, "1 DisentangledFlashAttention")])
+def test_plugin_graphs_are_refused_for_rtx_before_its_parser_sees_them(tmp_path, graph, names):
+    onnx_path = graph(tmp_path / "model.plugin.onnx")
+    with pytest.raises(DebertrtError, match=f"plugin nodes \\({names}\\): TensorRT-RTX cannot build plugin layers"):
         build_engine(onnx_path, tmp_path, EngineOptions(**RTX))
     assert not (tmp_path / "engine.plan").exists() and not (tmp_path / "engine.json").exists()
 
@@ -320,9 +394,10 @@ def _built_plugin_library():
 
 
 @requires_rtx
-def test_the_plugin_library_loads_and_its_creator_is_checked(tmp_path):
+def test_the_plugin_library_loads_and_its_creators_are_checked(tmp_path):
     """With a built libdebertrt_plugins.so: TensorRT-RTX's registry loads it (in a child process, to keep
-    its creators out of this one) and load_plugin_library finds our creator, or says which versions exist."""
+    its creators out of this one) and load_plugin_library finds the creator of every op, or says which
+    versions exist."""
     library = _built_plugin_library()
     if library is None:
         pytest.skip("no libdebertrt_plugins.so built (set DEBERTRT_PLUGIN_LIBRARY, or build plugins/ with "
@@ -331,19 +406,21 @@ def test_the_plugin_library_loads_and_its_creator_is_checked(tmp_path):
 import tensorrt_rtx_bindings as trt
 from debertrt.runtime.tensorrt import load_plugin_library
 from debertrt.core.errors import DebertrtError
-plugin = {{"name": {spec.OP_TYPE!r}, "namespace": {spec.PLUGIN_NAMESPACE!r}, "version": {spec.PLUGIN_VERSION!r}}}
-load_plugin_library(trt, {str(library)!r}, plugin, "TensorRT-RTX")
-load_plugin_library(trt, {str(library)!r}, plugin, "TensorRT-RTX")  # a second load is a no-op
-print("creator found")
+plugins = [{{"name": name, "namespace": {spec.PLUGIN_NAMESPACE!r}, "version": {spec.PLUGIN_VERSION!r}}}
+           for name in {list(spec.OPS)!r}]
+load_plugin_library(trt, {str(library)!r}, plugins, "TensorRT-RTX")
+load_plugin_library(trt, {str(library)!r}, plugins, "TensorRT-RTX")  # a second load is a no-op
+print("creators found")
 try:
-    load_plugin_library(trt, {str(library)!r}, dict(plugin, version="99"), "TensorRT-RTX")
+    load_plugin_library(trt, {str(library)!r}, [plugins[0], dict(plugins[1], version="99")], "TensorRT-RTX")
 except DebertrtError as exc:
     print(exc)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "creator found" in proc.stdout
-    assert f"provides version(s) {spec.PLUGIN_VERSION}, but plugin {spec.OP_TYPE} version 99" in proc.stdout
+    assert "creators found" in proc.stdout, proc.stdout
+    assert (f"provides version(s) {spec.PLUGIN_VERSION}, but plugin {spec.FLASH_OP_TYPE} version 99"
+            in proc.stdout), proc.stdout
 
 
 @requires_rtx
@@ -356,8 +433,8 @@ def test_the_rewritten_plugin_graph_is_refused_for_rtx(exported, tmp_path):
             (tmp_path / f.name).write_bytes(f.read_bytes())
     plugin_graph = rewrite(tmp_path / "model.onnx").path
     info = inspect_onnx(plugin_graph)
-    assert info.plugin_nodes == 2 and info.plugin["version"] == spec.PLUGIN_VERSION  # one node per layer
-    with pytest.raises(DebertrtError, match="has 2 DisentangledAttention plugin node.*TensorRT-RTX cannot build"):
+    assert info.plugin_nodes == 2 and info.plugins[0]["version"] == spec.PLUGIN_VERSION  # one node per layer
+    with pytest.raises(DebertrtError, match="has plugin nodes \\(2 DisentangledAttention\\).*TensorRT-RTX cannot"):
         build_engine(plugin_graph, tmp_path, EngineOptions(**RTX))
 
 
@@ -394,7 +471,7 @@ def test_rtx_aborting_on_a_plugin_layer_does_not_take_the_caller_down(tmp_path, 
         f"trt.get_plugin_registry().load_library({str(library)!r}); "
         "from debertrt.compiler.engine import _worker; sys.exit(_worker(sys.argv[1], sys.argv[2]))"))
     request = {"onnx": str(plugin_onnx(tmp_path / "model.plugin.onnx")), "backend": "tensorrt-rtx", "profiles": [],
-               "optimization_level": 0, "timing_cache": None, "plugin": None, "plugin_library": None,
+               "optimization_level": 0, "timing_cache": None, "plugins": [], "plugin_library": None,
                "workspace_mib": None, "compute_capabilities": [], "verbose": False, "plan": str(tmp_path / "x.plan")}
     with pytest.raises(DebertrtError, match="TensorRT-RTX build process died with SIG"):
         engine_module._build_in_subprocess(request)
@@ -430,7 +507,7 @@ def test_engine_json_errors_are_clear(tmp_path):
     (tmp_path / "engine.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(DebertrtError, match="not a debertrt engine description"):
         read_engine_json(tmp_path)
-    (tmp_path / "engine.json").write_text(json.dumps({"format": "debertrt-engine/1", "plan": {}}))
+    (tmp_path / "engine.json").write_text(json.dumps({"format": "debertrt-engine/2", "plan": {}}))
     with pytest.raises(DebertrtError, match="lacks .*profiles"):
         read_engine_json(tmp_path)
 
@@ -447,4 +524,4 @@ def test_tensorrt_build_with_timing_cache(exported, tmp_path):
     build_engine(onnx_path, tmp_path / "b", options)
     data = read_engine_json(tmp_path / "b")
     assert data["builder"]["timing_cache"]["loaded"] is True
-    assert data["tensorrt"]["flavour"] == "tensorrt" and data["plugin"] is None
+    assert data["tensorrt"]["flavour"] == "tensorrt" and data["plugins"] == []

@@ -44,6 +44,7 @@ from debertrt.plugins import cuda_kernel, libraries, reference, spec
 pytestmark = pytest.mark.xdist_group("test_kernel_host_sanitizers")
 
 KERNEL_DIR = Path(cuda_kernel.__file__).resolve().parent / "disentangled_attention"
+COMMON_DIR = KERNEL_DIR.parent / "common"  # kernel_api.h
 KERNEL_SOURCE = "disentangled_attention_kernel.cu"
 KERNEL_HEADER = "disentangled_attention_kernel.cuh"
 
@@ -245,7 +246,8 @@ def executables(toolchain, tmp_path_factory) -> dict[str, Path]:
     t0 = time.perf_counter()
 
     def kernel_program(name: str, sanitizer: str, source: Path) -> harness.Program:
-        return harness.Program(name, sanitizer, source, harness.HARNESS / "kernel_driver.cpp", (KERNEL_DIR,))
+        return harness.Program(name, sanitizer, source, harness.HARNESS / "kernel_driver.cpp",
+                               (KERNEL_DIR, COMMON_DIR))
 
     rowloop = scratch_copy((ROW_LOOP,), root / "scratch" / "rowloop") if not edits_apply((ROW_LOOP,)) else None
     programs = []

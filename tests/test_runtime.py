@@ -177,25 +177,63 @@ def test_a_tensorrt_version_mismatch_is_refused(engine_dir):
         Engine(engine_dir).activate()
 
 
-def _plugin_entry(version=spec.PLUGIN_VERSION, library="/nonexistent/libdebertrt_plugins.so"):
-    return {"name": spec.OP_TYPE, "namespace": spec.PLUGIN_NAMESPACE, "version": version, "nodes": 2,
-            "library": {"path": library, "name": "libdebertrt_plugins.so", "sha256": "0" * 64}}
+def _plugin_entries(version=spec.PLUGIN_VERSION, library="/nonexistent/libdebertrt_plugins.so") -> dict:
+    """engine.json's plugin keys for an engine using both ops."""
+    return {"plugins": [{"name": op.op_type, "namespace": op.plugin_namespace, "version": version, "nodes": 2}
+                        for op in spec.OPS.values()],
+            "plugin_library": {"path": library, "name": "libdebertrt_plugins.so", "sha256": "0" * 64}}
 
 
 def test_a_plugin_version_mismatch_is_refused(engine_dir, monkeypatch):
     monkeypatch.delenv("DEBERTRT_PLUGIN_LIBRARY", raising=False)
-    edit_json(engine_dir, lambda d: d.update(plugin=_plugin_entry(version="2")))
-    with pytest.raises(DebertrtError, match=f"plugin {spec.OP_TYPE} 'debertrt' version 2, this debertrt provides"):
+    edit_json(engine_dir, lambda d: d.update(_plugin_entries(version="2")))
+    with pytest.raises(DebertrtError, match=f"plugin {spec.OP_TYPE} 'debertrt' version 2, this debertrt provides "
+                                            f"{spec.OP_TYPE} 'debertrt' version 1; {spec.FLASH_OP_TYPE}"):
+        Engine(engine_dir)
+
+
+def test_every_recorded_plugin_op_is_checked(engine_dir, monkeypatch):
+    monkeypatch.delenv("DEBERTRT_PLUGIN_LIBRARY", raising=False)
+
+    def unknown_second_op(data):
+        data.update(_plugin_entries())
+        data["plugins"][1]["name"] = "DisentangledSomethingElse"
+
+    edit_json(engine_dir, unknown_second_op)
+    with pytest.raises(DebertrtError, match="uses plugin DisentangledSomethingElse .*rebuild the engine"):
         Engine(engine_dir)
 
 
 def test_a_missing_plugin_library_is_refused(engine_dir, tmp_path):
-    edit_json(engine_dir, lambda d: d.update(plugin=_plugin_entry()))
+    edit_json(engine_dir, lambda d: d.update(_plugin_entries()))
     with pytest.raises(DebertrtError, match="plugin library .* not found"):
         Engine(engine_dir, plugin_library=tmp_path / "libdebertrt_plugins.so")
     fake = tmp_path / "libdebertrt_plugins.so"
     fake.write_bytes(b"")
     assert Engine(engine_dir, plugin_library=fake).plugin_library == fake.resolve()
+
+
+def test_first_format_engine_json_is_read_as_the_current_one(engine_dir, tmp_path, monkeypatch):
+    """engine.json files written before the plugin list (one "plugin" entry, its library inside) still load."""
+    monkeypatch.delenv("DEBERTRT_PLUGIN_LIBRARY", raising=False)
+    library = tmp_path / "libdebertrt_plugins.so"
+    library.write_bytes(b"")
+    gather = {"name": spec.OP_TYPE, "namespace": spec.PLUGIN_NAMESPACE, "version": spec.PLUGIN_VERSION, "nodes": 2}
+
+    def first_format(data):
+        data["format"] = "debertrt-engine/1"
+        del data["plugins"], data["plugin_library"]
+        data["plugin"] = {**gather, "library": {"path": str(library), "name": library.name, "sha256": "0" * 64}}
+
+    edit_json(engine_dir, first_format)
+    meta = EngineMetadata(engine_dir)
+    assert meta.plugins == [gather] and meta.plugin_library["path"] == str(library)
+    assert Engine(engine_dir).plugin_library == library.resolve()  # the recorded library, as before
+    edit_json(engine_dir, lambda d: d.update(plugin=None))  # a plugin-free first-format file
+    assert EngineMetadata(engine_dir).plugins == [] and EngineMetadata(engine_dir).plugin_library is None
+    edit_json(engine_dir, lambda d: d.update(plugin="DisentangledAttention"))  # neither format
+    with pytest.raises(DebertrtError, match="not a debertrt engine description"):
+        EngineMetadata(engine_dir)
 
 
 # ---- execution (a GPU and a TensorRT that can use it) ----------------------------------

@@ -49,7 +49,7 @@ def parse_config(path):
 
 
 def fake_engine(directory, profiles=({"batch": [1, 4, 16], "sequence": [1, 128, 512]},), task="token-classification",
-                plugin=None, inputs=("input_ids", "attention_mask", "token_type_ids"), name="engine",
+                plugins=(), plugin_library=None, inputs=("input_ids", "attention_mask", "token_type_ids"), name="engine",
                 model="tiny-deberta-v2", precision="fp16"):
     """NAME.json (and a stand-in NAME.plan) as build_engine writes them, without building."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,8 @@ def fake_engine(directory, profiles=({"batch": [1, 4, 16], "sequence": [1, 128, 
         "plan": {"path": plan.name, "sha256": sha256(plan), "bytes": plan.stat().st_size},
         "onnx": {"path": "/x/model.onnx", "name": "model.onnx", "sha256": "0" * 64},
         "model": model, "task": task, "config_hash": "abc", "model_version": "v2", "max_sequence": 512,
-        "precision": precision, "profiles": list(profiles), "plugin": plugin,
+        "precision": precision, "profiles": list(profiles), "plugins": list(plugins),
+        "plugin_library": plugin_library,
         "tensorrt": {"flavour": "tensorrt", "module": "tensorrt", "version": "10.9.0.34"},
         "builder": {}, "inputs": [{"name": n, "dtype": "int64", "shape": [-1, -1]} for n in inputs],
         "outputs": outputs,
@@ -118,16 +119,18 @@ def test_plugin_engines_ship_a_self_registering_library(tmp_path, monkeypatch):
     library_dir.mkdir()
     (library_dir / "libdebertrt_plugins.so").write_bytes(b"getCreators")
     (library_dir / STATIC_PLUGIN_LIBRARY).write_bytes(b"registers on load")
-    plugin = {"name": spec.OP_TYPE, "namespace": spec.PLUGIN_NAMESPACE, "version": spec.PLUGIN_VERSION, "nodes": 2,
-              "library": {"path": str(library_dir / "libdebertrt_plugins.so"), "name": "libdebertrt_plugins.so",
-                          "sha256": "0" * 64}}
-    model_dir = export_triton(tmp_path / "repo", engine=fake_engine(tmp_path / "engine", plugin=plugin),
+    plugins = [{"name": op.op_type, "namespace": op.plugin_namespace, "version": op.plugin_version, "nodes": 2}
+               for op in spec.OPS.values()]
+    library = {"path": str(library_dir / "libdebertrt_plugins.so"), "name": "libdebertrt_plugins.so", "sha256": "0" * 64}
+    model_dir = export_triton(tmp_path / "repo", engine=fake_engine(tmp_path / "engine", plugins=plugins,
+                                                                    plugin_library=library),
                               options=TritonOptions(name="m", model_only=True))
     assert (model_dir / STATIC_PLUGIN_LIBRARY).read_bytes() == b"registers on load"
     parse_config(model_dir / "config.pbtxt")
     readme = (tmp_path / "repo" / "README.md").read_text()
     assert f'--backend-config=tensorrt,plugins="$PWD/m/{STATIC_PLUGIN_LIBRARY}"' in readme
     assert f"LD_PRELOAD=$PWD/.../{STATIC_PLUGIN_LIBRARY}" in readme
+    assert all(f"`{name}` (namespace `{spec.PLUGIN_NAMESPACE}`" in readme for name in spec.OPS)
 
     (library_dir / STATIC_PLUGIN_LIBRARY).unlink()
     with pytest.raises(DebertrtError, match=f"dlopen, which needs {STATIC_PLUGIN_LIBRARY}"):

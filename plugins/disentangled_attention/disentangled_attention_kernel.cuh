@@ -17,22 +17,13 @@
 #ifndef DEBERTRT_DISENTANGLED_ATTENTION_KERNEL_CUH
 #define DEBERTRT_DISENTANGLED_ATTENTION_KERNEL_CUH
 
+#include "kernel_api.h"
+
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
-#if defined(_WIN32)
-#define DEBERTRT_KERNEL_API __declspec(dllexport)
-#else
-#define DEBERTRT_KERNEL_API __attribute__((visibility("default")))
-#endif
-
 //! Version of the C entry point below; bump on any signature or semantic change.
 #define DEBERTRT_KERNEL_ABI_VERSION 1
-
-//! I/O element types understood by the kernel (not TensorRT's DataType values).
-#define DEBERTRT_DTYPE_FLOAT32 0
-#define DEBERTRT_DTYPE_FLOAT16 1
-#define DEBERTRT_DTYPE_BFLOAT16 2
 
 namespace debertrt
 {

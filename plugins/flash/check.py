@@ -8,6 +8,9 @@
   are not powers of two, and tables that are not monotone or jump by more than one.
 * ``gpu``: CUDA, vs the plain-torch reference in float32, float16 / bfloat16 at
   S in {1, 63, 64, 65, 500, 512, 2048}, the same padding kinds, head dim 64.
+* ``launcher``: CUDA, the ahead-of-time cubins through their C launcher (``libdebertrt_flash.so``,
+  what the TensorRT plugin links; ``--library``) vs the same reference: float16 / bfloat16,
+  S in {1, 64, 65, 512}, every presence, v1 and v3 tables, padding, head dims 32 / 48 / 64 / 128.
 
 Tolerances (max |out - reference| over non-padding rows; every row finite) are the spec's
 ``DISENTANGLED_FLASH_ATTENTION.tolerances``; the reference runs on the same input values in
@@ -233,12 +236,30 @@ def run_interpret(cases=None, launch=None, stop_on_failure: bool = False, log=pr
     return results
 
 
-def run_gpu(cases=None, log=print) -> list[Result]:
-    """Each case through the kernel on the GPU vs the torch reference in float32 on the same inputs."""
+def launcher_cases() -> list[Case]:
+    """The AOT launcher's matrix: the plugin's dtypes, tile edges around S = 64, a long S, every head-dim tile."""
+    cases = []
+    for dtype in ("float16", "bfloat16"):
+        for seq in LAUNCHER_SEQS:
+            for presence in PRESENCE:
+                cases.append(Case(seq, 2, 64, presence, "v3-base", dtype, padding=("full",) + PADDING))
+            cases.append(Case(seq, 2, 64, "both", "v1-base", dtype, padding=("full",) + PADDING))
+        cases += [Case(65, 3, d, "both", "v3-base", dtype, padding=("full",) + PADDING) for d in (32, 48, 128)]
+    return cases
+
+
+LAUNCHER_SEQS = (1, 64, 65, 512)
+
+
+def run_gpu(cases=None, log=print, launch=None) -> list[Result]:
+    """Each case through ``launch`` (default: the Triton kernel) on the GPU vs the torch reference in
+    float32 on the same inputs."""
     import torch
 
     from . import torch_reference
-    from .kernel import flash_attention
+
+    if launch is None:
+        from .kernel import flash_attention as launch
 
     device = torch.device("cuda")
     results = []
@@ -250,7 +271,7 @@ def run_gpu(cases=None, log=print) -> list[Result]:
             for k in ("q", "k", "v", "pos_key", "pos_query"):
                 if tensors[k] is not None:
                     tensors[k] = tensors[k].to(getattr(torch, case.dtype))
-            got = flash_attention(**tensors, **SCALES)
+            got = launch(**tensors, **SCALES)
             expected = torch_reference.flash_attention(**as_float32(tensors), **SCALES)
             torch.cuda.synchronize()
             result = judge(case, got.float().cpu().numpy(), expected.cpu().numpy(), inputs["mask"],
@@ -278,7 +299,8 @@ def summary(results: list[Result]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("matrix", choices=("interpret", "gpu"))
+    parser.add_argument("matrix", choices=("interpret", "gpu", "launcher"))
+    parser.add_argument("--library", type=Path, help="launcher: libdebertrt_flash.so (default: built or cached)")
     parser.add_argument("--json", type=Path, help="write every case's result here")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th case starting at I (parallel runs)")
     args = parser.parse_args(argv)
@@ -298,9 +320,17 @@ def main(argv=None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("flash check: no CUDA device visible to torch: the gpu matrix needs one", file=sys.stderr)
+            print(f"flash check: no CUDA device visible to torch: the {args.matrix} matrix needs one", file=sys.stderr)
             return 2
-        results = run_gpu(gpu_cases()[shard::shards])
+        if args.matrix == "gpu":
+            results = run_gpu(gpu_cases()[shard::shards])
+        else:
+            from functools import partial
+
+            from . import launcher
+
+            results = run_gpu(launcher_cases()[shard::shards], launch=partial(launcher.flash_attention,
+                                                                              library=args.library))
     print("\n".join(summary(results)))
     passed = all(r.passed for r in results)
     if args.json:

@@ -8,8 +8,8 @@
 // is 0. Every output is printed one row (its last dimension) per line.
 //
 // The plugin library is loaded through IPluginRegistry::loadLibrary before the engine is
-// deserialized, and the DisentangledAttention creator is looked up to fail clearly when the
-// library is missing or too old. Shapes outside the engine's optimization profile are
+// deserialized, and the creators of debertrt's plugin ops are looked up: a library with none of
+// them is refused, and an engine that fails to deserialize names the ones the library lacks. Shapes outside the engine's optimization profile are
 // refused before any device work. Works with TensorRT 10.x and 11.x.
 
 #include <NvInferRuntime.h>
@@ -31,9 +31,10 @@
 namespace
 {
 
-constexpr char const* kPluginName = "DisentangledAttention";  // plugins/spec.py: OP_TYPE
-constexpr char const* kPluginVersion = "1";                    // plugins/spec.py: PLUGIN_VERSION
-constexpr char const* kPluginNamespace = "debertrt";           // plugins/spec.py: PLUGIN_NAMESPACE
+// plugins/spec.py: OPS (op types), PLUGIN_VERSION, PLUGIN_NAMESPACE
+constexpr char const* kPluginNames[] = {"DisentangledAttention", "DisentangledFlashAttention"};
+constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginNamespace = "debertrt";
 
 class Logger : public nvinfer1::ILogger
 {
@@ -305,11 +306,26 @@ int run(std::string const& planPath, std::string const& tokenPath, std::string c
         {
             throw std::runtime_error("cannot load plugin library " + pluginPath);
         }
-        if (registry.getCreator(kPluginName, kPluginVersion, kPluginNamespace) == nullptr)
+    }
+    // A library built without triton holds the gather op only: name what is missing, so that an engine
+    // using it fails to deserialize with the reason rather than a bare TensorRT error.
+    std::string missing;
+    size_t found = 0;
+    for (char const* name : kPluginNames)
+    {
+        if (registry.getCreator(name, kPluginVersion, kPluginNamespace) != nullptr)
         {
-            throw std::runtime_error(pluginPath + " does not provide " + kPluginName + " version " + kPluginVersion
-                + " in namespace " + kPluginNamespace + ": rebuild the plugin library");
+            ++found;
         }
+        else
+        {
+            missing += std::string{missing.empty() ? "" : ", "} + name;
+        }
+    }
+    if (!pluginPath.empty() && found == 0)
+    {
+        throw std::runtime_error(pluginPath + " provides no debertrt plugin (version " + kPluginVersion
+            + ", namespace " + kPluginNamespace + "): rebuild the plugin library");
     }
 
     auto const plan = readFile(planPath);
@@ -317,7 +333,8 @@ int run(std::string const& planPath, std::string const& tokenPath, std::string c
     if (!engine)
     {
         throw std::runtime_error("cannot deserialize " + planPath
-            + " (corrupt, built by another TensorRT version, or its plugin library is not loaded: --plugin)");
+            + " (corrupt, built by another TensorRT version, or a plugin it uses is not loaded: "
+            + (pluginPath.empty() ? std::string{"no --plugin"} : "missing from " + pluginPath + ": " + missing) + ")");
     }
 
     // Refuse shapes outside profile 0 before touching the device.

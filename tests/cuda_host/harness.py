@@ -107,7 +107,7 @@ class Program:
     sanitizer: str
     source: Path  # a .cu
     driver: Path | None = None  # a C++ main to link in (None: the .cu has its own)
-    includes: tuple[Path, ...] = ()  # for the driver
+    includes: tuple[Path, ...] = ()  # for the .cu (after its own folder) and the driver
 
 
 def build(toolchain: Toolchain, programs: list[Program], directory: Path) -> dict[str, Path]:
@@ -124,8 +124,9 @@ def build(toolchain: Toolchain, programs: list[Program], directory: Path) -> dic
         if translate(program.source, translated) < 1:
             raise ValueError(f"no kernel launch in {program.source}")
         objects = [directory / f"{program.name}.o", runtime]
-        compiles[objects[0]] = [*flags, "-std=c++17", *include, "-I", str(program.source.parent), "-include",
-                                "cuda_host.h", "-c", str(translated)]
+        own = [f"-I{p}" for p in (program.source.parent, *program.includes)]
+        compiles[objects[0]] = [*flags, "-std=c++17", *include, *own, "-include", "cuda_host.h", "-c",
+                                str(translated)]
         if program.driver is not None:
             objects.append(directory / f"{program.driver.stem}-{program.sanitizer}.o")
             compiles[objects[-1]] = [*flags, "-std=c++17", *include, *(f"-I{p}" for p in program.includes), "-c",
