@@ -4,8 +4,10 @@
  * validating fields, serialization through getFieldsToSerialize, logging through the logger
  * TensorRT hands to setLoggerFinder, and the creator.
  *
- * An op derives from Plugin<ItsPlugin> and writes only its hooks (input count, types, shapes, the
- * checks of configurePlugin/onShapeChange, the launch); its creator is Creator<ItsPlugin>.
+ * An op describes itself in an OpDesc (name, fields, fixed inputs), derives from
+ * Plugin<ItsPlugin, itsOpDesc> and writes only its hooks (types, shapes, the checks of
+ * configurePlugin/onShapeChange, the launch); its creator is Creator<ItsPlugin>, which its header
+ * hands out.
  * PluginBase's IPluginV3 methods check pointers and input/output counts, call the hooks and turn
  * what they return into a status: every noexcept method that does work catches everything and
  * reports through the logger; field and argument errors are recoverable (a logged error and a
