@@ -26,6 +26,7 @@ class KernelError(RuntimeError):
 
 # ---- ctypes binding --------------------------------------------------------------------------
 
+
 def load_kernel_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """ctypes handle on the kernel library (located or built by :func:`find_kernel_library`)."""
     return load_library(Path(path) if path is not None else find_kernel_library(), _bind_kernel_library)

@@ -21,6 +21,7 @@ ENTRY_POINT = "debertrt_flash_attention"
 ABI_VERSION = 1
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
+
 def load(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """ctypes handle on ``libdebertrt_flash.so`` (located or built when ``path`` is None)."""
     return load_library(Path(path) if path is not None else find_flash_library(), _bind)
