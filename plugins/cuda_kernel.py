@@ -9,10 +9,9 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import threading
 from pathlib import Path
 
-from .libraries import find_kernel_library
+from .libraries import find_kernel_library, load_library
 
 ENTRY_POINT = "debertrt_disentangled_attention"
 #: DEBERTRT_KERNEL_ABI_VERSION of disentangled_attention_kernel.cuh this binding speaks.
@@ -27,35 +26,28 @@ class KernelError(RuntimeError):
 
 # ---- ctypes binding --------------------------------------------------------------------------
 
-_libraries: dict[str, ctypes.CDLL] = {}
-_libraries_lock = threading.Lock()
-
 
 def load_kernel_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """ctypes handle on the kernel library (located or built by :func:`find_kernel_library`)."""
-    path = Path(path) if path is not None else find_kernel_library()
-    key = str(path.resolve())
-    with _libraries_lock:
-        if key in _libraries:
-            return _libraries[key]
-        lib = ctypes.CDLL(key)
-        try:
-            entry = getattr(lib, ENTRY_POINT)
-        except AttributeError:
-            raise KernelError(f"{path} does not export {ENTRY_POINT}") from None
-        entry.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                          ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_float, ctypes.c_void_p]
-        entry.restype = ctypes.c_int
-        lib.debertrt_kernel_abi_version.argtypes = []
-        lib.debertrt_kernel_abi_version.restype = ctypes.c_int
-        lib.debertrt_error_string.argtypes = [ctypes.c_int]
-        lib.debertrt_error_string.restype = ctypes.c_char_p
-        abi = lib.debertrt_kernel_abi_version()
-        if abi != ABI_VERSION:
-            raise KernelError(f"{path} speaks kernel ABI {abi}, this binding speaks {ABI_VERSION}: rebuild it")
-        _libraries[key] = lib
-        return lib
+    return load_library(Path(path) if path is not None else find_kernel_library(), _bind_kernel_library)
+
+
+def _bind_kernel_library(lib: ctypes.CDLL, path: Path) -> None:
+    try:
+        entry = getattr(lib, ENTRY_POINT)
+    except AttributeError:
+        raise KernelError(f"{path} does not export {ENTRY_POINT}") from None
+    entry.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                      ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_float, ctypes.c_void_p]
+    entry.restype = ctypes.c_int
+    lib.debertrt_kernel_abi_version.argtypes = []
+    lib.debertrt_kernel_abi_version.restype = ctypes.c_int
+    lib.debertrt_error_string.argtypes = [ctypes.c_int]
+    lib.debertrt_error_string.restype = ctypes.c_char_p
+    abi = lib.debertrt_kernel_abi_version()
+    if abi != ABI_VERSION:
+        raise KernelError(f"{path} speaks kernel ABI {abi}, this binding speaks {ABI_VERSION}: rebuild it")
 
 
 def _import_torch():

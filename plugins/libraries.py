@@ -21,6 +21,7 @@ Libraries:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -29,6 +30,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from debertrt.core.artifacts import cache_root
 
@@ -242,6 +244,25 @@ def build(build_dir: str | os.PathLike | None = None, *, tensorrt_root: str | os
                     raise PluginBuildError(f"cmake {step} failed in {build_dir} ({_last_error_line(proc.stdout)}); "
                                            f"full log: {log_path}")
     return BuildResult.scan(build_dir)
+
+
+_loaded: dict[tuple, ctypes.CDLL] = {}
+_loaded_lock = threading.Lock()
+
+
+def load_library(path: Path, bind: Callable[[ctypes.CDLL, Path], None]) -> ctypes.CDLL:
+    """ctypes handle on the library at ``path``, loaded once per resolved path and binding.
+
+    ``bind(lib, path)`` declares the entry points and checks the ABI; when it raises, the library
+    is not kept and the next call tries again.
+    """
+    key = (bind, str(path.resolve()))
+    with _loaded_lock:
+        if key not in _loaded:
+            lib = ctypes.CDLL(key[1])
+            bind(lib, path)
+            _loaded[key] = lib
+        return _loaded[key]
 
 
 def _find_kernel(name: str, env: str, target: str, attribute: str, build_dir, build_if_missing: bool) -> Path:

@@ -13,12 +13,9 @@
 #include <optional>
 #include <sstream>
 
-using nvinfer1::DataType;
-using nvinfer1::DynamicPluginTensorDesc;
 using nvinfer1::ILogger;
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldCollection;
-using nvinfer1::PluginFieldType;
 
 namespace debertrt
 {
@@ -285,6 +282,17 @@ char const* typeName(DataType type) noexcept
     }
 }
 
+std::string checkTableLength(int64_t tableLen, int64_t seq, bool odd)
+{
+    if (tableLen >= 0 && seq >= 1 && (tableLen < 2 * seq - 1 || (odd && tableLen % 2 == 0)))
+    {
+        return "rel_table has " + std::to_string(tableLen) + " entries but sequences of length " + std::to_string(seq)
+            + " need " + (odd ? "an odd length >= " : "") + std::to_string(2 * seq - 1)
+            + " (build it with max_len >= the longest sequence of the optimization profile)";
+    }
+    return {};
+}
+
 int32_t kernelType(DataType type) noexcept
 {
     switch (type)
@@ -312,6 +320,7 @@ PluginBase::PluginBase(PluginBase const& other)
     , mOp(other.mOp)
     , mFields(other.mFields)
     , mDescription(other.mDescription)
+    , mWarned(other.mWarned)
 {
 }
 
@@ -369,19 +378,13 @@ nvinfer1::IPluginV3* PluginBase::attachToContext(nvinfer1::IPluginResourceContex
 
 PluginFieldCollection const* PluginBase::getFieldsToSerialize() noexcept
 {
-    try
-    {
-        return mFields.collection();
-    }
-    catch (...)
-    {
-        report("getFieldsToSerialize");
-    }
-    return nullptr;
+    return guarded<PluginFieldCollection const*>(
+        "getFieldsToSerialize", nullptr, [this] { return mFields.collection(); });
 }
 
-bool PluginBase::counts(char const* where, int32_t nbInputs, int32_t expectedInputs, int32_t nbOutputs) const noexcept
+bool PluginBase::counts(char const* where, int32_t nbInputs, int32_t nbOutputs) const noexcept
 {
+    int32_t const expectedInputs = inputLayout().nbInputs;
     if (nbInputs == expectedInputs && nbOutputs == 1)
     {
         return true;
@@ -396,6 +399,148 @@ bool PluginBase::counts(char const* where, int32_t nbInputs, int32_t expectedInp
         // error() never throws; building its message might (out of memory)
     }
     return false;
+}
+
+PluginBase::InputLayout PluginBase::inputLayout() const noexcept
+{
+    auto const switchedOn = [this](char const* field) {
+        size_t const k = mOp.find(field);
+        return k < mOp.nbFields && mFields.intAt(k) != 0;
+    };
+    InputLayout l{-1, -1, mOp.leadingInputs, 0};
+    if (switchedOn("has_c2p"))
+    {
+        l.c2p = l.trailing++;
+    }
+    if (switchedOn("has_p2c"))
+    {
+        l.p2c = l.trailing++;
+    }
+    l.nbInputs = l.trailing + mOp.trailingInputs;
+    return l;
+}
+
+// ---- the IPluginV3 methods around the op's hooks ----------------------------------------
+namespace
+{
+Dims const& dimsOf(DynamicPluginTensorDesc const& desc) noexcept
+{
+    return desc.desc.dims;
+}
+Dims const& dimsOf(PluginTensorDesc const& desc) noexcept
+{
+    return desc.dims;
+}
+template <typename Desc>
+std::vector<Dims> inputDims(Desc const* in, int32_t nbInputs)
+{
+    std::vector<Dims> dims;
+    for (int32_t k = 0; k < nbInputs; ++k)
+    {
+        dims.push_back(dimsOf(in[k]));
+    }
+    return dims;
+}
+} // namespace
+
+void PluginBase::warnOnce(std::string const& message) noexcept
+{
+    if (!mWarned)
+    {
+        mWarned = true;
+        logMessage(ILogger::Severity::kWARNING, mOp.name, message);
+    }
+}
+
+int32_t PluginBase::status(std::string const& why, char const* where) const
+{
+    if (why.empty())
+    {
+        return 0;
+    }
+    error(where + why);
+    return 1;
+}
+
+int32_t PluginBase::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    return guarded("getOutputDataTypes", 1, [&] {
+        if (outputTypes == nullptr || inputTypes == nullptr || !counts("getOutputDataTypes", nbInputs, nbOutputs))
+        {
+            return 1;
+        }
+        return status(outputType(inputTypes, outputTypes[0]));
+    });
+}
+
+int32_t PluginBase::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
+    int32_t nbShapeInputs, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
+{
+    return guarded("getOutputShapes", 1, [&] {
+        if (inputs == nullptr || outputs == nullptr || nbShapeInputs != 0
+            || !counts("getOutputShapes", nbInputs, nbOutputs))
+        {
+            return 1;
+        }
+        if (status(outputShape(inputs, outputs[0], exprBuilder)) != 0)
+        {
+            return 1;
+        }
+        auto const end = outputs[0].d + outputs[0].nbDims;
+        return std::find(outputs[0].d, end, nullptr) == end ? 0 : 1; // the builder has said why
+    });
+}
+
+bool PluginBase::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    return guarded("supportsFormatCombination", false, [&] {
+        return inOut != nullptr && nbInputs == inputLayout().nbInputs && nbOutputs == 1 && pos >= 0
+            && pos < nbInputs + nbOutputs && inOut[pos].desc.format == nvinfer1::TensorFormat::kLINEAR
+            && supportsType(pos, inOut);
+    });
+}
+
+template <typename Desc, typename Check>
+int32_t PluginBase::checkShapes(char const* where, char const* prefix, Desc const* in, int32_t nbInputs,
+    Desc const* out, int32_t nbOutputs, Check const& check) const noexcept
+{
+    return guarded(where, 1, [&] {
+        if (in == nullptr || out == nullptr || !counts(where, nbInputs, nbOutputs))
+        {
+            return 1;
+        }
+        std::vector<Dims> const dims = inputDims(in, nbInputs);
+        std::string const why = checkDims(dims.data(), &dimsOf(out[0]));
+        return status(why.empty() ? check(dims.data()) : why, prefix);
+    });
+}
+
+int32_t PluginBase::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
+{
+    return checkShapes("configurePlugin", "", in, nbInputs, out, nbOutputs,
+        [&](Dims const* dims) { return checkBuild(in, dims); });
+}
+
+int32_t PluginBase::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out, int32_t nbOutputs) noexcept
+{
+    return checkShapes("onShapeChange", "onShapeChange: ", in, nbInputs, out, nbOutputs,
+        [&](Dims const* /*dims*/) { return checkRuntime(in); });
+}
+
+int32_t PluginBase::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+    void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
+{
+    return guarded("enqueue", 1, [&] {
+        if (inputDesc == nullptr || outputDesc == nullptr || inputs == nullptr || outputs == nullptr)
+        {
+            return status("enqueue: null descriptor or buffer array");
+        }
+        return status(launch(inputDesc, inputs, outputs, stream));
+    });
 }
 
 } // namespace plugin

@@ -27,12 +27,11 @@ namespace
 
 nvinfer1::IPluginCreatorInterface* const* allCreators(int32_t& nbCreators) noexcept
 {
-    static debertrt::plugin::DisentangledAttentionPluginCreator gather;
 #if defined(DEBERTRT_WITH_FLASH) && DEBERTRT_WITH_FLASH
-    static debertrt::plugin::DisentangledFlashAttentionPluginCreator flash;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&gather, &flash};
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {
+        &debertrt::plugin::disentangledAttentionCreator(), &debertrt::plugin::disentangledFlashAttentionCreator()};
 #else
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&gather};
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&debertrt::plugin::disentangledAttentionCreator()};
 #endif
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;

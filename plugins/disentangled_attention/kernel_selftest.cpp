@@ -86,53 +86,32 @@ std::vector<int32_t> makeTable(Table kind, int32_t smax, int32_t span, Rng& rng)
     return table;
 }
 
+//! Each element type's code at the C entry point and name in reports (the primary templates: float's).
 template <typename T>
-struct Type;
-
+constexpr int kTypeCode = DEBERTRT_DTYPE_FLOAT32;
 template <>
-struct Type<float>
-{
-    static constexpr int kCode = DEBERTRT_DTYPE_FLOAT32;
-    static constexpr char const* kName = "fp32";
-    static float toFloat(float v)
-    {
-        return v;
-    }
-    static float fromFloat(float v)
-    {
-        return v;
-    }
-};
-
+constexpr int kTypeCode<__half> = DEBERTRT_DTYPE_FLOAT16;
 template <>
-struct Type<__half>
-{
-    static constexpr int kCode = DEBERTRT_DTYPE_FLOAT16;
-    static constexpr char const* kName = "fp16";
-    static float toFloat(__half v)
-    {
-        return __half2float(v);
-    }
-    static __half fromFloat(float v)
-    {
-        return __float2half_rn(v);
-    }
-};
-
+constexpr int kTypeCode<__nv_bfloat16> = DEBERTRT_DTYPE_BFLOAT16;
+template <typename T>
+constexpr char const* kTypeName = "fp32";
 template <>
-struct Type<__nv_bfloat16>
+constexpr char const* kTypeName<__half> = "fp16";
+template <>
+constexpr char const* kTypeName<__nv_bfloat16> = "bf16";
+
+//! Conversions of the I/O types; __half and __nv_bfloat16 convert from float rounding to nearest
+//! even, as __float2half_rn and __float2bfloat16_rn do.
+template <typename T>
+float toFloat(T v)
 {
-    static constexpr int kCode = DEBERTRT_DTYPE_BFLOAT16;
-    static constexpr char const* kName = "bf16";
-    static float toFloat(__nv_bfloat16 v)
-    {
-        return __bfloat162float(v);
-    }
-    static __nv_bfloat16 fromFloat(float v)
-    {
-        return __float2bfloat16_rn(v);
-    }
-};
+    return static_cast<float>(v);
+}
+template <typename T>
+T fromFloat(float v)
+{
+    return static_cast<T>(v);
+}
 
 struct Case
 {
@@ -189,7 +168,7 @@ void runCase(Case const& cs, Rng& rng)
         std::vector<T> v(n);
         for (auto& x : v)
         {
-            x = Type<T>::fromFloat(rng.uniform() * 4.0F);
+            x = fromFloat<T>(rng.uniform() * 4.0F);
         }
         return v;
     };
@@ -214,15 +193,15 @@ void runCase(Case const& cs, Rng& rng)
                 float pos = 0.0F;
                 if (cs.c2p)
                 {
-                    pos = pos + Type<T>::toFloat(c2p[static_cast<size_t>((b * cs.sq + i) * width + delta)]);
+                    pos = pos + toFloat(c2p[static_cast<size_t>((b * cs.sq + i) * width + delta)]);
                 }
                 if (cs.p2c)
                 {
-                    pos = pos + Type<T>::toFloat(p2c[static_cast<size_t>((b * cs.sk + j) * width + delta)]);
+                    pos = pos + toFloat(p2c[static_cast<size_t>((b * cs.sk + j) * width + delta)]);
                 }
                 size_t const o = static_cast<size_t>((b * cs.sq + i) * cs.sk + j);
                 float const scaled = posScale * pos;
-                expected[o] = Type<T>::fromFloat(Type<T>::toFloat(c2c[o]) + scaled);
+                expected[o] = fromFloat<T>(toFloat(c2c[o]) + scaled);
             }
         }
     }
@@ -240,7 +219,7 @@ void runCase(Case const& cs, Rng& rng)
         check(cudaMemset(dOut, 0xFF, c2c.size() * sizeof(T)), "poison out"); // all-ones bits: NaN
     }
 
-    int const rc = debertrt_disentangled_attention(Type<T>::kCode, dC2c, dC2p, dP2c, dTable, tableLen, dOut, cs.rows,
+    int const rc = debertrt_disentangled_attention(kTypeCode<T>, dC2c, dC2p, dP2c, dTable, tableLen, dOut, cs.rows,
         cs.sq, cs.sk, cs.span, posScale, nullptr);
     bool ok = check(static_cast<cudaError_t>(rc), "debertrt_disentangled_attention")
         && check(cudaDeviceSynchronize(), "kernel");
@@ -270,10 +249,10 @@ void runCase(Case const& cs, Rng& rng)
             std::fprintf(stderr,
                 "FAIL %s rows=%lld sq=%d sk=%d span=%d table=%s c2p=%d p2c=%d inplace=%d: %zu/%zu differ, first at "
                 "%zu: got %g expected %g\n",
-                Type<T>::kName, static_cast<long long>(cs.rows), cs.sq, cs.sk, cs.span, tableName(cs.table),
+                kTypeName<T>, static_cast<long long>(cs.rows), cs.sq, cs.sk, cs.span, tableName(cs.table),
                 cs.c2p ? 1 : 0, cs.p2c ? 1 : 0, cs.inPlace ? 1 : 0, bad, got.size(), firstBad,
-                static_cast<double>(Type<T>::toFloat(got[firstBad])),
-                static_cast<double>(Type<T>::toFloat(expected[firstBad])));
+                static_cast<double>(toFloat(got[firstBad])),
+                static_cast<double>(toFloat(expected[firstBad])));
         }
     }
     if (!cs.inPlace)

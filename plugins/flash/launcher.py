@@ -9,44 +9,37 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from pathlib import Path
 
 from debertrt.core.errors import DebertrtError
 
 from ..cuda_kernel import DTYPE_CODES
-from ..libraries import find_flash_library
+from ..libraries import find_flash_library, load_library
 
 ENTRY_POINT = "debertrt_flash_attention"
 #: DEBERTRT_FLASH_ABI_VERSION of flash_launcher.h this binding speaks.
 ABI_VERSION = 1
 DTYPE_NAMES = {code: name for name, code in DTYPE_CODES.items()}
 
-_libraries: dict[str, ctypes.CDLL] = {}
-_lock = threading.Lock()
-
 
 def load(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """ctypes handle on ``libdebertrt_flash.so`` (located or built when ``path`` is None)."""
-    path = Path(path) if path is not None else find_flash_library()
-    key = str(path.resolve())
-    with _lock:
-        if key not in _libraries:
-            lib = ctypes.CDLL(key)
-            common = ([ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_void_p]
-                      + [ctypes.c_int64] * 5 + [ctypes.c_float] * 3)
-            getattr(lib, ENTRY_POINT).argtypes = common + [ctypes.c_void_p]
-            lib.debertrt_flash_kernel_arguments.argtypes = common + [ctypes.POINTER(ctypes.c_int32),
-                                                                     ctypes.POINTER(ctypes.c_float),
-                                                                     ctypes.POINTER(ctypes.c_int64)]
-            lib.debertrt_flash_kernel_parameters.restype = ctypes.c_char_p
-            lib.debertrt_flash_last_error.restype = ctypes.c_char_p
-            lib.debertrt_flash_variant.argtypes = [ctypes.c_int] + [ctypes.POINTER(ctypes.c_int)] * 6
-            if lib.debertrt_flash_abi_version() != ABI_VERSION:
-                raise DebertrtError(f"{path} speaks launcher ABI {lib.debertrt_flash_abi_version()}, this binding "
-                                    f"speaks {ABI_VERSION}: rebuild it")
-            _libraries[key] = lib
-        return _libraries[key]
+    return load_library(Path(path) if path is not None else find_flash_library(), _bind)
+
+
+def _bind(lib: ctypes.CDLL, path: Path) -> None:
+    common = ([ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_void_p]
+              + [ctypes.c_int64] * 5 + [ctypes.c_float] * 3)
+    getattr(lib, ENTRY_POINT).argtypes = common + [ctypes.c_void_p]
+    lib.debertrt_flash_kernel_arguments.argtypes = common + [ctypes.POINTER(ctypes.c_int32),
+                                                             ctypes.POINTER(ctypes.c_float),
+                                                             ctypes.POINTER(ctypes.c_int64)]
+    lib.debertrt_flash_kernel_parameters.restype = ctypes.c_char_p
+    lib.debertrt_flash_last_error.restype = ctypes.c_char_p
+    lib.debertrt_flash_variant.argtypes = [ctypes.c_int] + [ctypes.POINTER(ctypes.c_int)] * 6
+    if lib.debertrt_flash_abi_version() != ABI_VERSION:
+        raise DebertrtError(f"{path} speaks launcher ABI {lib.debertrt_flash_abi_version()}, this binding "
+                            f"speaks {ABI_VERSION}: rebuild it")
 
 
 def variants(lib: ctypes.CDLL) -> list[dict]:

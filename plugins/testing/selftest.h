@@ -68,6 +68,42 @@ struct Capabilities
 };
 Capabilities capabilities(nvinfer1::IPluginV3* plugin);
 
+//! The plugin `creator` makes from `fields` (build phase), its build and runtime interfaces in `c`;
+//! null, after the failed check "<op>: a plugin to check", when it or one of them is missing.
+inline std::unique_ptr<nvinfer1::IPluginV3> pluginToCheck(
+    nvinfer1::IPluginCreatorV3One& creator, char const* fields, char const* op, Capabilities& c)
+{
+    FieldSet set(creator, parseAssignments(fields));
+    std::unique_ptr<nvinfer1::IPluginV3> plugin(
+        creator.createPlugin("layer0", set.collection(), nvinfer1::TensorRTPhase::kBUILD));
+    c = capabilities(plugin.get());
+    if (c.build == nullptr || c.runtime == nullptr)
+    {
+        expect(false, std::string{op} + ": a plugin to check");
+        return nullptr;
+    }
+    return plugin;
+}
+
+//! Checks "<what> plugin" (`creator` makes one from `fields`) and "<what> plugin takes <n> inputs"
+//! (getOutputDataTypes accepts `inputTypes`, the output typed like the first).
+inline void expectTakes(nvinfer1::IPluginCreatorV3One& creator, std::string const& fields,
+    std::vector<nvinfer1::DataType> const& inputTypes, std::string const& what)
+{
+    FieldSet set(creator, parseAssignments(fields));
+    std::unique_ptr<nvinfer1::IPluginV3> plugin(
+        creator.createPlugin("layer1", set.collection(), nvinfer1::TensorRTPhase::kBUILD));
+    expect(plugin != nullptr, what + " plugin");
+    if (plugin != nullptr)
+    {
+        nvinfer1::DataType out = nvinfer1::DataType::kINT64; // no plugin's output type
+        int32_t const n = static_cast<int32_t>(inputTypes.size());
+        expect(capabilities(plugin.get()).build->getOutputDataTypes(&out, 1, inputTypes.data(), n) == 0
+                && out == inputTypes[0],
+            what + " plugin takes " + std::to_string(n) + " inputs");
+    }
+}
+
 nvinfer1::Dims makeDims(std::initializer_list<int64_t> values);
 nvinfer1::DynamicPluginTensorDesc dynDesc(nvinfer1::Dims const& dims, nvinfer1::DataType type);
 nvinfer1::PluginTensorDesc desc(nvinfer1::Dims const& dims, nvinfer1::DataType type);

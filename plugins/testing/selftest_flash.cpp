@@ -37,13 +37,10 @@ bool refused(IPluginV3OneBuild& build, RecordingLogger& logger, std::vector<Dyna
 
 void checkFlash(IPluginCreatorV3One& creator, RecordingLogger& logger)
 {
-    FieldSet fields(creator, parseAssignments(kValid));
-    IPluginV3* plugin = creator.createPlugin("layer0", fields.collection(), TensorRTPhase::kBUILD);
-    Capabilities c = capabilities(plugin);
-    if (c.build == nullptr || c.runtime == nullptr)
+    Capabilities c;
+    std::unique_ptr<IPluginV3> plugin = pluginToCheck(creator, kValid, "DisentangledFlashAttention", c);
+    if (plugin == nullptr)
     {
-        expect(false, "DisentangledFlashAttention: a plugin to check");
-        delete plugin;
         return;
     }
     IPluginV3OneBuild& build = *c.build;
@@ -111,27 +108,32 @@ void checkFlash(IPluginCreatorV3One& creator, RecordingLogger& logger)
     }
     expect(build.configurePlugin(io.data(), 7, &io[7], 1) == 0, "flash: dynamic batch and sequence accepted");
     expect(build.getWorkspaceSize(io.data(), 7, &io[7], 1) == 0, "flash: no workspace");
-    io = flashIo(DataType::kHALF);
-    io[1].desc.dims.d[2] = 65;
-    expect(refused(build, logger, io, "k "), "flash: k of another shape refused");
-    io = flashIo(DataType::kHALF);
-    io[3].desc.dims.d[1] = 511;
-    expect(refused(build, logger, io, "even number of rows"), "flash: odd 2P refused");
-    io = flashIo(DataType::kHALF);
-    io[4].desc.dims.d[1] = 256;
-    expect(refused(build, logger, io, "same number of rows"), "flash: pos_key and pos_query rows differ: refused");
-    io = flashIo(DataType::kHALF);
-    io[3].desc.dims.d[0] = 6;
-    expect(refused(build, logger, io, "pos_key"), "flash: pos_key with other heads refused");
-    io = flashIo(DataType::kHALF);
-    io[5].desc.dims = makeDims({2, 63});
-    expect(refused(build, logger, io, "mask"), "flash: mask of another shape refused");
-    io = flashIo(DataType::kHALF);
-    io[6] = dynDesc(makeDims({101}), DataType::kINT32);
-    expect(refused(build, logger, io, "rel_table"), "flash: table shorter than 2*S - 1 refused at build time");
-    io = flashIo(DataType::kHALF);
-    io[7].desc.dims = makeDims({2, 64, 12 * 32});
-    expect(refused(build, logger, io, "output"), "flash: output of another shape refused");
+    // One dimension of one input (or of the output, 7) changed from flashIo's: refused, the message naming it.
+    struct BadDim
+    {
+        int32_t tensor;
+        int32_t dim;
+        int64_t value;
+        char const* message;
+        char const* check;
+    };
+    BadDim const badDims[] = {
+        {1, 2, 65, "k ", "flash: k of another shape refused"},
+        {3, 1, 511, "even number of rows", "flash: odd 2P refused"},
+        {4, 1, 256, "same number of rows", "flash: pos_key and pos_query rows differ: refused"},
+        {3, 0, 6, "pos_key", "flash: pos_key with other heads refused"},
+        {5, 1, 63, "mask", "flash: mask of another shape refused"},
+        {6, 0, 101, "rel_table", "flash: table shorter than 2*S - 1 refused at build time"},
+        {7, 2, 12 * 32, "output", "flash: output of another shape refused"},
+    };
+    for (BadDim const& bad : badDims)
+    {
+        io = flashIo(DataType::kHALF);
+        Dims dims = io[bad.tensor].desc.dims;
+        dims.d[bad.dim] = bad.value;
+        io[bad.tensor] = dynDesc(dims, io[bad.tensor].desc.type); // its profile range too
+        expect(refused(build, logger, io, bad.message), bad.check);
+    }
     expect(refused(build, logger, flashIo(DataType::kHALF, 24), "multiple of 16"), "flash: head dim 24 refused");
     expect(refused(build, logger, flashIo(DataType::kHALF, 256), "multiple of 16"), "flash: head dim 256 refused");
     expect(refused(build, logger, flashIo(DataType::kFLOAT), "FP16 or BF16"), "flash: FP32 refused at build time");
@@ -193,20 +195,12 @@ void checkFlash(IPluginCreatorV3One& creator, RecordingLogger& logger)
     expect(runtime.enqueue(rank3.data(), &rank3[7], aligned, alignedOut, nullptr, nullptr) != 0
             && logger.saw(ILogger::Severity::kERROR, "rank 4"),
         "flash: enqueue with a rank-3 q is a logged failure");
-    delete plugin;
+    plugin.reset();
 
-    // p2c only: q, k, v, pos_query, mask, rel_table.
-    FieldSet p2cOnly(creator, parseAssignments(std::string{kValid} + ",has_c2p=0")); // the later value wins
-    IPluginV3* single = creator.createPlugin("layer1", p2cOnly.collection(), TensorRTPhase::kBUILD);
-    expect(single != nullptr, "flash: p2c-only plugin");
-    if (single != nullptr)
-    {
-        std::vector<DataType> six = types(DataType::kBF16);
-        six.erase(six.begin() + 3);
-        expect(capabilities(single).build->getOutputDataTypes(&out, 1, six.data(), 6) == 0 && out == DataType::kBF16,
-            "flash: p2c-only plugin takes 6 inputs");
-        delete single;
-    }
+    // p2c only: q, k, v, pos_query, mask, rel_table (the later has_c2p wins).
+    std::vector<DataType> six = types(DataType::kBF16);
+    six.erase(six.begin() + 3);
+    expectTakes(creator, std::string{kValid} + ",has_c2p=0", six, "flash: p2c-only");
 }
 
 } // namespace

@@ -17,13 +17,10 @@ constexpr char const* kValid = "position_buckets=256,max_relative_positions=512,
 
 void checkGather(IPluginCreatorV3One& creator, RecordingLogger& logger)
 {
-    FieldSet fields(creator, parseAssignments(kValid));
-    IPluginV3* plugin = creator.createPlugin("layer0", fields.collection(), TensorRTPhase::kBUILD);
-    Capabilities c = capabilities(plugin);
-    if (c.build == nullptr || c.runtime == nullptr)
+    Capabilities c;
+    std::unique_ptr<IPluginV3> plugin = pluginToCheck(creator, kValid, "DisentangledAttention", c);
+    if (plugin == nullptr)
     {
-        expect(false, "DisentangledAttention: a plugin to check");
-        delete plugin;
         return;
     }
     IPluginV3OneBuild* build = c.build;
@@ -117,19 +114,11 @@ void checkGather(IPluginCreatorV3One& creator, RecordingLogger& logger)
     expect(runtime->enqueue(rank1, &emptyOut, inputs, outputs, nullptr, nullptr) != 0
             && logger.saw(ILogger::Severity::kERROR, "rank"),
         "enqueue with a rank-1 c2c is a logged failure");
-    delete plugin;
+    plugin.reset();
 
-    // c2p only: 3 inputs.
-    FieldSet c2pOnly(creator, parseAssignments(std::string{kValid} + ",has_p2c=0")); // the later value wins
-    IPluginV3* single = creator.createPlugin("layer1", c2pOnly.collection(), TensorRTPhase::kBUILD);
-    expect(single != nullptr, "c2p-only plugin");
-    if (single != nullptr)
-    {
-        DataType const three[3] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kINT32};
-        expect(capabilities(single).build->getOutputDataTypes(&outType, 1, three, 3) == 0 && outType == DataType::kFLOAT,
-            "c2p-only plugin takes 3 inputs");
-        delete single;
-    }
+    // c2p only: 3 inputs (the later has_p2c wins).
+    expectTakes(creator, std::string{kValid} + ",has_p2c=0", {DataType::kFLOAT, DataType::kFLOAT, DataType::kINT32},
+        "c2p-only");
 }
 
 } // namespace
