@@ -8,18 +8,16 @@ import numpy as np
 import onnx
 import pytest
 
-from debertrt.calibration.fp16 import to_fp16
-from debertrt.calibration.int8 import quantize_int8
 from debertrt.compiler.engine import EngineOptions, build_engine
 from debertrt.compiler.padding import padding_check, with_padding
 from debertrt.compiler.parity import parity
-from debertrt.compiler.rewrite import rewrite
 from debertrt.core.compare import TOLERANCES
 from debertrt.core.data import TokenSpace, padding_extremes, random_dataset
 from debertrt.core.models import PRESETS, load_model, tasks_for
 from debertrt.runtime.engine import Engine
 from debertrt.runtime.runners import OnnxRuntimeRunner, TensorRTRunner
 from debertrt.runtime.tensorrt import FLAVOURS
+from fixtures.chain import chain_artifacts
 
 pytestmark = pytest.mark.xdist_group("test_inputs_padding")  # module fixtures build artifacts once
 
@@ -100,14 +98,9 @@ def artifacts(request, exported, tmp_path_factory):
     """A model's plain and plugin graphs, fp16 of the plugin graph and int8 of the plain one."""
     task = request.param
     ref = load_model("tiny-deberta-v3", task)
-    out = tmp_path_factory.mktemp(f"padding-{task}")
-    plain = exported("tiny-deberta-v3", task, "torchscript")
-    plugin = rewrite(plain, out / "model.plugin.onnx").path
-    calibration = random_dataset(ref, batches=2, batch_size=4, max_sequence=32, seed=1)
-    fallback = random_dataset(ref, batches=1, batch_size=4, max_sequence=32, seed=2)
-    fp16 = to_fp16(plugin, out / "model.plugin.fp16.onnx", calibration, ref=ref).path
-    int8 = quantize_int8(plain, out / "model.int8.onnx", calibration, ref=ref, fallback_dataset=fallback).path
-    return ref, [plain, plugin, fp16, int8]
+    made = chain_artifacts(ref, exported("tiny-deberta-v3", task, "torchscript"),
+                           tmp_path_factory.mktemp(f"padding-{task}"), int8_of="fp32")
+    return ref, [made[k] for k in ("fp32", "plugin", "fp16", "int8")]
 
 
 def test_left_padding_changes_nothing_without_absolute_positions(exported):

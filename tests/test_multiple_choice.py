@@ -8,12 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from debertrt.calibration.fp16 import to_fp16
-from debertrt.calibration.int8 import quantize_int8
 from debertrt.compiler.cli import main
 from debertrt.compiler.engine import EngineOptions, build_engine
 from debertrt.compiler.parity import parity
-from debertrt.compiler.rewrite import rewrite
 from debertrt.core.compare import TaskAgreement, output_errors
 from debertrt.core.data import TokenSpace, random_dataset, text_dataset, token_batch
 from debertrt.core.errors import DebertrtError
@@ -22,6 +19,7 @@ from debertrt.runtime.engine_json import EngineMetadata
 from debertrt.runtime.profiles import Profile
 from debertrt.runtime.runners import OnnxRuntimeRunner, TorchRunner
 from debertrt.runtime.tensorrt import FLAVOURS
+from fixtures.chain import chain_artifacts
 
 pytestmark = pytest.mark.xdist_group("test_multiple_choice")  # module fixtures build artifacts once
 
@@ -38,14 +36,7 @@ def ref():
 @pytest.fixture(scope="module")
 def chain(exported, ref, tmp_path_factory):
     """The plain export, the plugin graph and fp16/int8 of the plugin graph."""
-    out = tmp_path_factory.mktemp("mc")
-    onnx_path = exported("tiny-deberta-v3", TASK, "torchscript")
-    plugin = rewrite(onnx_path, out / "model.plugin.onnx").path
-    calibration = random_dataset(ref, batches=2, batch_size=4, max_sequence=32, seed=1)
-    fallback = random_dataset(ref, batches=2, batch_size=4, max_sequence=32, seed=2)
-    fp16 = to_fp16(plugin, out / "model.plugin.fp16.onnx", calibration, ref=ref).path
-    int8 = quantize_int8(plugin, out / "model.plugin.int8.onnx", calibration, ref=ref, fallback_dataset=fallback).path
-    return {"fp32": onnx_path, "plugin": plugin, "fp16": fp16, "int8": int8}
+    return chain_artifacts(ref, exported("tiny-deberta-v3", TASK, "torchscript"), tmp_path_factory.mktemp("mc"))
 
 
 def test_v1_has_no_multiple_choice_head(tmp_path, capsys):
