@@ -39,9 +39,12 @@ class Probe:
     def is_constant(self, tensor) -> bool:
         return constant_value(tensor) is not None
 
-    def run(self, layers: list[LayerMatch]) -> "Probe":
+    def run(self, layers: list[LayerMatch], extra: dict | None = None) -> "Probe":
+        """Evaluate what ``layers`` need at every probe length, and ``extra`` (sequence length ->
+        tensors) at the lengths it names (a length outside ``sequences`` is evaluated, not listed)."""
         import onnx
 
+        extra = {s: _unique(t for t in ts if constant_value(t) is None) for s, ts in (extra or {}).items()}
         everywhere, short_only = [], []
         for layer in layers:
             for term in layer.terms:
@@ -55,13 +58,13 @@ class Probe:
         short_only = _unique(t for t in short_only + everywhere if constant_value(t) is None)
         model = onnx.load(str(self.onnx_path), load_external_data=False)
         outputs = {o.name for o in model.graph.output}
-        for t in short_only:
+        for t in _unique(short_only + [t for ts in extra.values() for t in ts]):
             if t.name not in outputs:
                 model.graph.output.append(onnx.ValueInfoProto(name=t.name))
         session = _probe_session(model, self.onnx_path.parent)
-        for sequence in self.sequences:
-            wanted = short_only if sequence == self.sequences[0] else everywhere
-            names = [t.name for t in wanted]
+        for sequence in sorted(set(self.sequences) | set(extra)):
+            wanted = short_only if sequence == self.sequences[0] else everywhere if sequence in self.sequences else []
+            names = [t.name for t in _unique(wanted + extra.get(sequence, []))]
             try:
                 values = session.run(names, _probe_feed(session, sequence)) if names else []
             except Exception as exc:
