@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .patterns import LayerMatch, PatternError, _swaps_last_two, constant_value, producer
+from .patterns import LayerMatch, PatternError, swaps_last_two, constant_value, producer
 
 PASS_THROUGH = ("Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze")
 CONTEXT_LAYOUT = PASS_THROUGH + ("Transpose",)
@@ -62,7 +62,7 @@ class AttentionBlock:
         return [self.query.tensor, self.key.tensor, self.value, self.context, self.softmax.inputs[0]] + factors
 
 
-class _Static:
+class WeightsOnly:
     """Memoised: is a tensor fixed by the weights (it reaches graph inputs only through Shape/Size)?"""
 
     def __init__(self):
@@ -106,7 +106,7 @@ def strip_operand(tensor, static) -> Operand:
             return operand
         if node.op in ("Identity", "Cast"):
             operand.tensor = node.inputs[0]
-        elif node.op == "Transpose" and _swaps_last_two(node.attrs.get("perm")):
+        elif node.op == "Transpose" and swaps_last_two(node.attrs.get("perm")):
             operand.transposed = not operand.transposed
             operand.tensor = node.inputs[0]
         elif node.op == "Div" and len(node.inputs) == 2 and static(node.inputs[1]) and not static(node.inputs[0]):
@@ -139,9 +139,9 @@ def _pass(tensor, where: str, what: str, ops=PASS_THROUGH):
     return tensor, node
 
 
-def match_block(layer: LayerMatch, static: _Static | None = None) -> AttentionBlock:
+def match_block(layer: LayerMatch, static: WeightsOnly | None = None) -> AttentionBlock:
     """The attention block around ``layer``'s score sum; ``PatternError`` naming the layer otherwise."""
-    static = static or _Static()
+    static = static or WeightsOnly()
     where = layer.label
     c2c_matmul = producer(layer.c2c)
     query = strip_operand(c2c_matmul.inputs[0], static)
@@ -194,7 +194,7 @@ def match_block(layer: LayerMatch, static: _Static | None = None) -> AttentionBl
 
 
 def find_blocks(layers: list[LayerMatch]) -> list[AttentionBlock]:
-    static = _Static()
+    static = WeightsOnly()
     return [match_block(layer, static) for layer in layers]
 
 

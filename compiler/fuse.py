@@ -26,10 +26,10 @@ import numpy as np
 from debertrt.core.errors import DebertrtError
 from debertrt.plugins.spec import DOMAIN, FLASH_OP_TYPE, flash_node_attributes
 
-from .attention_block import AttentionBlock, _Static, find_blocks, positional_table, strip_operand
+from .attention_block import AttentionBlock, WeightsOnly, find_blocks, positional_table, strip_operand
 from .model_facts import ModelFacts
 from .patterns import PatternError, producer
-from .rewrite_checks import SCALE_RTOL, Probe, _probe_session, _scalar
+from .rewrite_checks import SCALE_RTOL, Probe, probe_session, scalar
 
 CONFIRM_ATOL = 1e-4    # on max |fused - original| / max(1, |original|), layer contexts, non-padding rows
 CONFIRM_SHORT = 7
@@ -65,7 +65,7 @@ def probe_plan(blocks: list[AttentionBlock], facts: ModelFacts, sequences) -> di
 def _factor(factors, probe: Probe, sequence: int, where: str) -> float:
     value = 1.0
     for op, tensor in factors:
-        x = _scalar(probe.value(tensor, sequence), f"the {op} operand {tensor.name!r}", where)
+        x = scalar(probe.value(tensor, sequence), f"the {op} operand {tensor.name!r}", where)
         value = value / x if op == "Div" else value * x
     return value
 
@@ -85,10 +85,11 @@ def check_block(block: AttentionBlock, probe: Probe, facts: ModelFacts) -> dict:
     """Layouts, the c2c scale and the softmax axis of one block at the short probe; what the node needs."""
     where, short = block.label, probe.sequences[0]
     kinds = {t.gather.name: t.kind for t in block.layer.terms}
+    weights_only = WeightsOnly()
     for term in block.layer.terms:
         content = producer(term.scores).inputs[0]
         wanted = block.query if term.kind == "c2p" else block.key
-        if strip_operand(content, _Static()).tensor is not wanted.tensor:
+        if strip_operand(content, weights_only).tensor is not wanted.tensor:
             raise DebertrtError(f"{where}: the {term.kind} scores multiply {content.name!r}, not the "
                                 f"{'query' if term.kind == 'c2p' else 'key'} {wanted.tensor.name!r} of q·kᵀ")
     expected = facts.flash_scales
@@ -222,7 +223,7 @@ def confirm(onnx_path, fused_model, blocks: list[AttentionBlock], facts: ModelFa
     for model in (original, fused):
         present = {o.name for o in model.graph.output}
         model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    plain = _probe_session(original, onnx_path.parent)
+    plain = probe_session(original, onnx_path.parent)
     flash = ort_session(fused, onnx_path.parent)
     graph_inputs = plain.get_inputs()
     space = TokenSpace(tuple(i.name for i in graph_inputs), max(facts.vocab_size, 2),

@@ -151,5 +151,7 @@ def _build_engines(graphs: dict, out_dir: Path, backend: str, options: BuildOpti
         plans.append(build_engine(plain if problem else with_plugin, out_dir, engine_options,
                                   name=f"engine.{precision}"))
     if backend == "tensorrt-rtx":
-        notes.append("TensorRT-RTX engines are built from the plugin-free graphs (it cannot take plugin layers)")
+        skipped = ", ".join(with_plugin.name for _, with_plugin in graphs.values())
+        notes.append(f"TensorRT-RTX engines are built from the plugin-free graphs (it cannot take plugin layers): "
+                     f"no engine from {skipped}")
     return plans, notes
