@@ -101,7 +101,7 @@ def test_fused_graph_matches_pytorch(exported, tmp_path, preset, task, exporter,
         assert first["positional_rows"] == 2 * ref.config.max_relative_positions
     else:
         assert first["q_scale"] == 1 and first["k_scale"] == first["pos_scale"] == pytest.approx(1 / np.sqrt(24))
-    compare_with_torch(ref, result.path, lengths)
+    print(f"{preset} {task} {exporter} S={lengths}: max abs vs PyTorch {compare_with_torch(ref, result.path, lengths):.2e}")
 
 
 @pytest.mark.parametrize("preset, overrides, exporter", VARIANTS)
@@ -110,7 +110,7 @@ def test_other_configs_fuse_and_match(exported, tmp_path, preset, overrides, exp
     ref = load_model(preset, "base", config_overrides=overrides)
     result = rewrite(onnx_path, tmp_path / "model.flash.onnx", fuse="attention")
     check_fused_graph(result.path, ref)
-    compare_with_torch(ref, result.path, (7, 300))
+    print(f"{preset} {overrides} {exporter}: max abs vs PyTorch {compare_with_torch(ref, result.path, (7, 300)):.2e}")
 
 
 # ------------------------------------------------------------------ small graphs: the pattern and its defects
