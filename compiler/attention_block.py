@@ -4,7 +4,7 @@
 module extends it to everything the fused node replaces, again by what the nodes compute::
 
     q ─ [T] [Div/Mul s] ──────────┐                      (v1 scales q, v2/v3 scale kᵀ)
-    k ─ [T] [Div/Mul s] ── MatMul (c2c) ─ Add(terms) ─ [Reshape] ─ Where/Add(mask) ─ [Reshape] ─ Softmax(-1)
+    k ─ [T] [Div/Mul s] ── MatMul (c2c) ─ Add(terms) ─ [Reshape] ─ Where/Add(mask) ─ [Reshape] ─ Softmax
     q ─ MatMul(·, pos_kᵀ) (c2p scores)  pos_kᵀ: weights only (reaches the inputs through Shape only)
     k ─ MatMul(·, pos_qᵀ) (p2c scores)  pos_qᵀ: weights only
     Softmax ─ [Reshape] ─ MatMul(·, v) ─ [Reshape/Transpose]* ─ context [B, S, H·D]

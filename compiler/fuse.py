@@ -1,9 +1,10 @@
 """``debertrt rewrite --fuse attention``: each layer's whole attention becomes one
 DisentangledFlashAttention node (contract: ``debertrt.plugins.spec``); no S×S tensor is left::
 
-    q, k ─ c2c MatMul ─┐                                  q, k, v ─┐   pos_key, pos_query (initializers)
+    q, k ─ c2c MatMul ─┐
     c2p/p2c gathers ───┴─ Add ─ mask ─ Softmax ─ MatMul(·, v) ─ [B, S, H·D]
-                        becomes   DisentangledFlashAttention(q, k, v, pos_key, pos_query, mask, rel_table) ─ [B, S, H·D]
+      becomes   DisentangledFlashAttention(q, k, v, pos_key, pos_query, mask, rel_table) ─ [B, S, H·D]
+                (pos_key, pos_query: initializers; mask: the attention-mask input as int32)
 
 The block is matched by ``attention_block`` on top of the gather rewrite's match and checks
 (index, span, positional scale: ``rewrite_checks``). Then, by measurement on the original
@@ -97,8 +98,8 @@ def check_block(block: AttentionBlock, probe: Probe, facts: ModelFacts) -> dict:
     k_factor = _factor(block.key.factors, probe, short, where)
     if not (math.isclose(q_factor, expected["q_scale"], rel_tol=SCALE_RTOL)
             and math.isclose(k_factor, expected["k_scale"], rel_tol=SCALE_RTOL)):
-        raise DebertrtError(f"{where}: the graph scales q·kᵀ by {q_factor:.8g} on q and {k_factor:.8g} on k, but the "
-                            f"config (head size {facts.head_size}, {len(facts.pos_att_type)} positional terms, "
+        raise DebertrtError(f"{where}: the graph scales q·kᵀ by {q_factor:.8g} on q and {k_factor:.8g} on k, "
+                            f"but the config (head size {facts.head_size}, {len(facts.pos_att_type)} positional terms, "
                             f"{facts.version}) gives {expected['q_scale']:.8g} on q and {expected['k_scale']:.8g} on k")
     ranks = {"q": _layout(block.query.tensor, probe, short, facts, block.query.transposed, where, "q"),
              "k": _layout(block.key.tensor, probe, short, facts, not block.key.transposed, where, "k"),
@@ -172,7 +173,8 @@ def replace_blocks(graph, blocks: list[AttentionBlock], checks: list[dict], fact
         if id(block.mask_input) not in masks:  # [B, S] (or [B, C, S] flattened) nonzero -> int32, once per graph
             flat = build.op("Flatten", [block.mask_input], "debertrt.mask/Flatten", axis=-1)
             keep = build.op("Cast", [flat], "debertrt.mask/Cast_bool", to=onnx.TensorProto.BOOL)
-            masks[id(block.mask_input)] = build.op("Cast", [keep], "debertrt.mask/Cast_int32", to=onnx.TensorProto.INT32)
+            masks[id(block.mask_input)] = build.op("Cast", [keep], "debertrt.mask/Cast_int32",
+                                                   to=onnx.TensorProto.INT32)
         ranks = check["ranks"]
         inputs = [build.heads(block.query.tensor, ranks["q"], block.query.transposed, facts.num_heads, f"{base}/q"),
                   build.heads(block.key.tensor, ranks["k"], not block.key.transposed, facts.num_heads, f"{base}/k"),

@@ -117,7 +117,8 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
         nodes = fused.replace_blocks(graph, blocks, checks, facts, table, scopes)
         for report, check, node in zip(reports, checks, nodes):
             report["fused"] = {"node": node.name, **check["scales"], "measured_c2c_scale": check["measured"],
-                               "layouts": {k: "[B, H, S, D]" if r == 4 else "[B*H, S, D]" for k, r in check["ranks"].items()},
+                               "layouts": {k: "[B, H, S, D]" if r == 4 else "[B*H, S, D]"
+                                           for k, r in check["ranks"].items()},
                                "positional_rows": facts.positional_rows,
                                "positional_evaluated_at": check["positional_length"]}
     else:
