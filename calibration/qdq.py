@@ -10,7 +10,9 @@ Placement (checked by ``check_placement``; the tests run it on every artifact):
   output-channel axis (MatMul B [K, N]: axis 1; Gemm with transB: axis 0);
 * never on outputs, biases, Softmax, LayerNorm, residual Adds or DisentangledAttention
   nodes: a DequantizeLinear output feeds MatMul/Gemm nodes only (a tensor that also feeds
-  a residual Add keeps its float edge to it);
+  a residual Add keeps its float edge to it); a DisentangledFlashAttention node takes float
+  q/k/v (the projections' outputs) and its context is quantized where the output projection
+  reads it, as any activation;
 * MatMuls of two activations (q·kᵀ, c2p/p2c scores, probs·v) stay float by default: in
   DeBERTa their outputs feed the disentangled-attention sum and the softmax, whose
   absolute precision matters (an int8 score of magnitude 60 is off by 0.25), and
@@ -34,6 +36,7 @@ from onnx import TensorProto
 from debertrt.core import onnx_utils as ox
 from debertrt.core.errors import InternalError
 from debertrt.plugins.graph_types import is_plugin_node
+from debertrt.plugins.spec import FLASH_OP_TYPE
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
 Q_OPS = ox.QDQ_OPS
@@ -193,7 +196,9 @@ def check_placement(model) -> dict:
             if not users or any(u.op_type != "DequantizeLinear" for u in users):
                 raise InternalError(f"QuantizeLinear {node.name!r} feeds {[u.op_type for u in users]}, not only DQ")
             src = producer.get(node.input[0])
-            if src is not None and (src.op_type in Q_OPS or is_plugin_node(src)):
+            # DisentangledAttention outputs scores (softmax input): never quantized. The fused node's
+            # output is the context the output projection reads: an activation like any other.
+            if src is not None and (src.op_type in Q_OPS or (is_plugin_node(src) and src.op_type != FLASH_OP_TYPE)):
                 raise InternalError(f"QuantizeLinear {node.name!r} reads the output of {src.op_type} {src.name!r}")
         elif node.op_type == "DequantizeLinear":
             dq_count += 1

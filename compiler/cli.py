@@ -124,6 +124,15 @@ def _int8_args(p) -> None:
                         "(default 0.01)")
 
 
+def _fuse_arg(p) -> None:
+    from .pipeline import FUSE_CHOICES
+
+    p.add_argument("--fuse", choices=FUSE_CHOICES, default="gathers",
+                   help="what one plugin node per layer replaces: the c2p/p2c gathers (DisentangledAttention, "
+                        "model.plugin.onnx; default) or the whole attention (DisentangledFlashAttention, no S x S "
+                        "tensor, model.flash.onnx)")
+
+
 def _engine_args(p, backends, default_backend: str) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--backend", choices=backends, default=default_backend,
@@ -159,9 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(run=commands.export)
 
-    p = sub.add_parser("rewrite", help="DIR/model.onnx -> DIR/model.plugin.onnx (one DisentangledAttention node per layer)")
+    p = sub.add_parser("rewrite", help="DIR/model.onnx -> DIR/model.plugin.onnx (one DisentangledAttention node per "
+                                       "layer) or, with --fuse attention, DIR/model.flash.onnx")
     p.add_argument("onnx", type=Path, help="a model.onnx written by 'debertrt export' (its manifest.json gives the config)")
-    p.add_argument("--out", type=Path, default=None, help="output path (default: DIR/model.plugin.onnx)")
+    _fuse_arg(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output path (default: DIR/model.plugin.onnx, or DIR/model.flash.onnx with --fuse attention)")
     p.add_argument("--max-sequence", type=_positive, default=None, metavar="N",
                    help="longest sequence the plugin graph takes: sizes its relative-position table (default "
                         "max_position_embeddings; beyond it only for models without absolute positions)")
@@ -218,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--precision", action="append", choices=PRECISIONS, default=None,
                    help="artifacts to produce (repeat; default fp32, fp16 and int8)")
+    _fuse_arg(p)
     _engine_args(p, BACKEND_CHOICES, "auto")
     _int8_args(p)
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output directory (default ./{DEFAULT_OUT})")

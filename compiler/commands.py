@@ -46,7 +46,7 @@ def export(args) -> int:
 def rewrite(args) -> int:
     from .rewrite import rewrite
 
-    result = rewrite(args.onnx, args.out, max_sequence=args.max_sequence)
+    result = rewrite(args.onnx, args.out, max_sequence=args.max_sequence, fuse=args.fuse)
     print(f"wrote {result.path} (report {result.report.name})")
     print(result.summary["text"])
     return 0
@@ -144,7 +144,7 @@ def build(args) -> int:
     options = BuildOptions(precisions=tuple(args.precision or PRECISIONS), backend=args.backend,
                            profiles=tuple(args.profile or ()), export=_export_options(args),
                            method=args.method, max_accuracy_loss=args.max_accuracy_loss,
-                           plugin_library=args.plugin_library)
+                           plugin_library=args.plugin_library, fuse=args.fuse)
     ref = load_model(args.model, args.task)
     purposes = ["parity"] if set(options.precisions) == {"fp32"} else ["calibration", "fallback", "parity"]
     result = build(ref, args.out, options, _datasets(args, ref, purposes, options.profiles))

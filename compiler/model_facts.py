@@ -27,6 +27,8 @@ class ModelFacts:
     max_position_embeddings: int
     head_size: int
     absolute_positions: bool = True  # position_biased_input: then no sequence beyond max_position_embeddings
+    num_heads: int = 0               # 0: not known (the fused rewrite needs it)
+    vocab_size: int = 0              # 0: not known (token ids drawn below it in the rewrite's checks)
 
     def table_sequence(self, requested: int | None) -> int:
         """The longest sequence the rewrite's relative-position table covers: ``requested``, else
@@ -56,6 +58,21 @@ class ModelFacts:
         return self.static_span or min(sequence, self.max_relative_positions)
 
     @property
+    def positional_rows(self) -> int:
+        """2P: the rows of the fused op's positional inputs (v1: the full table, P = max_relative_positions,
+        whose clamp selects what HF's slice to min(S, max_rel) selects at every S)."""
+        return 2 * (self.static_span or self.max_relative_positions)
+
+    @property
+    def flash_scales(self) -> dict:
+        """The fused op's factors as this version applies them: v1 divides q before every product,
+        v2/v3 divide k·q and the positional terms."""
+        inverse = 1.0 / self.scale
+        if self.model_type == "deberta":
+            return {"q_scale": inverse, "k_scale": 1.0, "pos_scale": 1.0}
+        return {"q_scale": 1.0, "k_scale": inverse, "pos_scale": inverse}
+
+    @property
     def scale(self) -> float:
         """HF's scaled_size_sqrt: sqrt(head_size · (1 + number of positional terms))."""
         return float(np.sqrt(np.float32(self.head_size * (1 + len(self.pos_att_type)))))
@@ -80,7 +97,7 @@ class ModelFacts:
         if model_type == "deberta-v2":
             head_size = int(getattr(config, "attention_head_size", head_size))
         return cls(model_type, int(config.num_hidden_layers), kinds, max(buckets, 0), max_rel, smax, head_size,
-                   has_absolute_positions(config))
+                   has_absolute_positions(config), heads, int(getattr(config, "vocab_size", 0) or 0))
 
     @classmethod
     def from_manifest(cls, directory: str | os.PathLike) -> "ModelFacts":

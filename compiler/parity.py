@@ -96,8 +96,9 @@ def check_artifact(ref: ReferenceModel, path: Path, dataset: Dataset, reference:
 
 
 def parity(ref: ReferenceModel, artifacts: list[str | os.PathLike], dataset: Dataset, report: str | os.PathLike,
-           precisions: list[str | None] | None = None) -> dict:
-    """Check each artifact; write ``report.json``, ``report.md`` and ``report_errors.png``."""
+           precisions: list[str | None] | None = None, notes: list[str] | None = None) -> dict:
+    """Check each artifact; write ``report.json``, ``report.md`` and ``report_errors.png``. ``notes``: what the
+    stages before did not do and why (an engine built from another graph, say), listed in the report."""
     if not dataset.batches:
         raise DebertrtError("parity needs at least one input batch")
     report = Path(report)
@@ -118,6 +119,7 @@ def parity(ref: ReferenceModel, artifacts: list[str | os.PathLike], dataset: Dat
         "verdict": verdict,
         "passed": verdict == PASSED,
         "counts": {v: sum(e["verdict"] == v for e in entries) for v in ("passed", "failed", NOT_JUDGED)},
+        "notes": list(notes or []),
     }
     plot = report.with_name(report.name + "_errors.png")
     if errors:

@@ -146,6 +146,8 @@ def render_markdown(result: dict) -> str:
         agree = ", ".join(f"{k} {v:.2%}" for k, v in task["agreement"].items()) or "-"
         lines.append(f"| {Path(e['path']).name} | {agree} | {task.get('metric', '-')} | "
                      f"{fmt(task.get('reference'))} | {fmt(task.get('artifact'))} |")
+    if result.get("notes"):
+        lines += ["", "## Not done, and why", ""] + [f"- {note}" for note in result["notes"]]
     if result.get("plot"):
         lines += ["", f"![error histogram]({result['plot']})"]
     return "\n".join(lines) + "\n"

@@ -196,7 +196,7 @@ def parse_index(gather, reaches_range, where: str) -> IndexPath:
     return IndexPath(t, clamp, rel=a if ra else b, span=b if ra else a, span_subtracted=False)
 
 
-def _swaps_last_two(perm) -> bool:
+def swaps_last_two(perm) -> bool:
     perm = list(perm or [])
     n = len(perm)
     return n >= 2 and perm[:-2] == list(range(n - 2)) and perm[-2:] == [n - 1, n - 2]
@@ -218,7 +218,7 @@ def parse_term(gather, reaches_range, scopes) -> Term:
         if node.op == "Add":
             term.out, term.first_add = t, node
             return term
-        if node.op == "Transpose" and _swaps_last_two(node.attrs.get("perm")):
+        if node.op == "Transpose" and swaps_last_two(node.attrs.get("perm")):
             term.transposed = not term.transposed
         elif node.op == "Div" and len(node.inputs) == 2 and node.inputs[0] is t:
             term.factors.append(("Div", node.inputs[1]))

@@ -20,6 +20,9 @@ from .export import ExportOptions
 
 PRECISIONS = tuple(TOLERANCES)  # fp32, fp16, int8
 BACKEND_CHOICES = ("auto", "tensorrt", "tensorrt-rtx", "none")
+# what the rewrite folds into one plugin node per layer: the c2p/p2c gathers (model.plugin.onnx) or the
+# whole attention (model.flash.onnx)
+FUSE_CHOICES = ("gathers", "attention")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class BuildOptions:
     method: str = "max"
     max_accuracy_loss: float | None = 0.01
     plugin_library: str | os.PathLike | None = None
+    fuse: str = "gathers"
 
     def __post_init__(self):
         unknown = set(self.precisions) - set(PRECISIONS)
@@ -38,6 +42,8 @@ class BuildOptions:
             raise DebertrtError(f"precision {sorted(unknown) or '(none)'}: choose from {', '.join(PRECISIONS)}")
         if self.backend not in BACKEND_CHOICES:
             raise DebertrtError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
+        if self.fuse not in FUSE_CHOICES:
+            raise DebertrtError(f"--fuse {self.fuse!r}: choose one of {', '.join(FUSE_CHOICES)}")
 
 
 def resolve_backend(backend: str) -> str:
@@ -81,8 +87,8 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
 
     logger.info("[1/%d] export %s (%s) -> %s", steps, ref.name, ref.task, out_dir)
     model = export(ref, out_dir, options.export)
-    logger.info("[2/%d] rewrite -> plugin graph", steps)
-    plugin_model = rewrite(model, max_sequence=longest).path
+    logger.info("[2/%d] rewrite (--fuse %s) -> plugin graph", steps, options.fuse)
+    plugin_model = rewrite(model, max_sequence=longest, fuse=options.fuse).path
 
     logger.info("[3/%d] precision: %s", steps, ", ".join(options.precisions))
     graphs = {"fp32": (model, plugin_model)}
@@ -102,7 +108,7 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
 
     logger.info("[%d/%d] parity against PyTorch fp32", steps, steps)
     artifacts = [path for pair in graphs.values() for path in pair] + engines
-    result = parity(ref, artifacts, datasets["parity"], out_dir / report_name)
+    result = parity(ref, artifacts, datasets["parity"], out_dir / report_name, notes=notes)
     return BuildResult(artifacts, notes, result)
 
 
@@ -145,5 +151,7 @@ def _build_engines(graphs: dict, out_dir: Path, backend: str, options: BuildOpti
         plans.append(build_engine(plain if problem else with_plugin, out_dir, engine_options,
                                   name=f"engine.{precision}"))
     if backend == "tensorrt-rtx":
-        notes.append("TensorRT-RTX engines are built from the plugin-free graphs (it cannot take plugin layers)")
+        skipped = ", ".join(with_plugin.name for _, with_plugin in graphs.values())
+        notes.append(f"TensorRT-RTX engines are built from the plugin-free graphs (it cannot take plugin layers): "
+                     f"no engine from {skipped}")
     return plans, notes

@@ -46,15 +46,17 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError, InternalError
 from .model_facts import ModelFacts, config_from_dict
 from .patterns import LayerMatch, PatternError, find_disentangled_attention
+from .pipeline import FUSE_CHOICES
 from .rewrite_checks import Probe, check_layer
 
 PLUGIN_SUFFIX = ".plugin.onnx"
+FLASH_SUFFIX = ".flash.onnx"
 REPORT_SUFFIX = ".rewrite.json"
 
 
-def plugin_path_for(onnx_path: str | os.PathLike) -> Path:
-    """``DIR/model.onnx`` -> ``DIR/model.plugin.onnx``."""
-    return sibling(onnx_path, PLUGIN_SUFFIX)
+def plugin_path_for(onnx_path: str | os.PathLike, fuse: str = "gathers") -> Path:
+    """``DIR/model.onnx`` -> ``DIR/model.plugin.onnx`` (``fuse="attention"``: ``DIR/model.flash.onnx``)."""
+    return sibling(onnx_path, FLASH_SUFFIX if fuse == "attention" else PLUGIN_SUFFIX)
 
 
 def report_path_for(out_path: str | os.PathLike) -> Path:
@@ -63,8 +65,10 @@ def report_path_for(out_path: str | os.PathLike) -> Path:
 
 
 def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None,
-            max_sequence: int | None = None) -> StageResult:
-    """Write ``DIR/model.plugin.onnx`` (one DisentangledAttention node per layer) and its report.
+            max_sequence: int | None = None, fuse: str = "gathers") -> StageResult:
+    """Write ``DIR/model.plugin.onnx`` (one DisentangledAttention node per layer) and its report;
+    with ``fuse="attention"``, ``DIR/model.flash.onnx`` (one DisentangledFlashAttention node per
+    layer, no S×S tensor left: ``debertrt.compiler.fuse``).
 
     ``config``: a transformers config or a config dict; by default read from the export
     stage of ``DIR/manifest.json``. ``max_sequence``: the longest sequence the plugin graph must
@@ -74,10 +78,16 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     import onnx
     import onnx_graphsurgeon as gs
 
+    from debertrt.plugins.spec import FLASH_OP_TYPE, OPS
+
+    from . import fuse as fused
+
+    if fuse not in FUSE_CHOICES:
+        raise DebertrtError(f"--fuse {fuse!r}: choose one of {', '.join(FUSE_CHOICES)}")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise DebertrtError(f"ONNX model {str(onnx_path)!r} not found")
-    out_path = Path(out_path) if out_path is not None else plugin_path_for(onnx_path)
+    out_path = Path(out_path) if out_path is not None else plugin_path_for(onnx_path, fuse)
     if out_path.resolve() == onnx_path.resolve():
         raise DebertrtError(f"--out {out_path} would overwrite the input; choose another path")
     if config is None:
@@ -86,8 +96,8 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
         facts = ModelFacts.from_config(config_from_dict(config) if isinstance(config, dict) else config)
 
     model = ox.load(onnx_path, external_data=False)
-    if any(n.op_type == OP_TYPE for n in model.graph.node):
-        raise DebertrtError(f"{onnx_path} already has DisentangledAttention nodes: give the plain export (model.onnx)")
+    if any(n.op_type in OPS for n in model.graph.node):
+        raise DebertrtError(f"{onnx_path} already has plugin nodes: give the plain export (model.onnx)")
     external = ox.uses_external_data(model)
     if external:
         onnx.external_data_helper.load_external_data_for_model(model, str(onnx_path.parent))
@@ -97,18 +107,32 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
 
     longest = facts.table_sequence(max_sequence)
     layers = match(graph, facts, scopes)
+    blocks = fused.match_blocks(layers) if fuse == "attention" else []
     table = relative_position_table(facts, longest)
-    probes = Probe(onnx_path, facts, longest).run(layers)
+    probes = Probe(onnx_path, facts, longest)
+    probes.run(layers, fused.probe_plan(blocks, facts, probes.sequences) if blocks else None)
     reports = [check_layer(layer, probes, facts, table) for layer in layers]
-    nodes = replace_layers(graph, layers, reports, facts, table, scopes)
+    if fuse == "attention":
+        checks = [fused.check_block(block, probes, facts) for block in blocks]
+        nodes = fused.replace_blocks(graph, blocks, checks, facts, table, scopes)
+        for report, check, node in zip(reports, checks, nodes):
+            report["fused"] = {"node": node.name, **check["scales"], "measured_c2c_scale": check["measured"],
+                               "layouts": {k: "[B, H, S, D]" if r == 4 else "[B*H, S, D]"
+                                           for k, r in check["ranks"].items()},
+                               "positional_rows": facts.positional_rows,
+                               "positional_evaluated_at": check["positional_length"]}
+    else:
+        nodes = replace_layers(graph, layers, reports, facts, table, scopes)
 
+    op_type = FLASH_OP_TYPE if fuse == "attention" else OP_TYPE
     ops_after = Counter(n.op for n in graph.nodes)
-    if ops_after.get(OP_TYPE, 0) != facts.num_layers or ops_after.get("GatherElements", 0):
-        raise InternalError(f"rewrite left {ops_after.get(OP_TYPE, 0)} plugin nodes and "
+    if ops_after.get(op_type, 0) != facts.num_layers or ops_after.get("GatherElements", 0):
+        raise InternalError(f"rewrite left {ops_after.get(op_type, 0)} plugin nodes and "
                             f"{ops_after.get('GatherElements', 0)} GatherElements for {facts.num_layers} layers")
     new_model = gs.export_onnx(graph)
     if not any(o.domain == DOMAIN for o in new_model.opset_import):
         new_model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    confirmed = fused.confirm(onnx_path, new_model, blocks, facts, probes.sequences) if blocks else None
     ox.save(new_model, out_path, external=external or None, check=None)
 
     report = {
@@ -125,14 +149,18 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
                   "added": len(nodes), "removed": sum(ops_before.values()) - (sum(ops_after.values()) - len(nodes))},
         "op_counts": {"before": dict(sorted(ops_before.items())), "after": dict(sorted(ops_after.items()))},
         "probe_sequences": list(probes.sequences),
+        "fuse": fuse,
+        "op_type": op_type,
         "layers": reports,
     }
+    if confirmed is not None:
+        report["confirmed"] = confirmed
     report_path = report_path_for(out_path)
     write_json(report_path, report)
     stage_summary = {"text": summary(report), "model_version": facts.version, "layers": len(reports),
                      "nodes": report["nodes"], "max_sequence": longest}
     record_stage(out_path.parent, "rewrite", inputs={"model": str(onnx_path), "sha256": sha256(onnx_path)},
-                 options={"out": str(out_path), "max_sequence": longest},
+                 options={"out": str(out_path), "max_sequence": longest, "fuse": fuse},
                  outputs={"model": out_path, "report": report_path},
                  extra={"summary": stage_summary})
     return StageResult(out_path, report_path, stage_summary)
@@ -140,8 +168,14 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
 
 def summary(report: dict) -> str:
     first = report["layers"][0]
-    return (f"{report['nodes']['added']} DisentangledAttention nodes ({report['model_version']}, "
-            f"{'+'.join(report['pos_att_type'])}, {first['span']['rule']}, pos_scale {first['pos_scale']:.6g}); "
+    fused = first.get("fused")
+    scales = (f"q_scale {fused['q_scale']:.6g}, k_scale {fused['k_scale']:.6g}, pos_scale {fused['pos_scale']:.6g}"
+              if fused else f"pos_scale {first['pos_scale']:.6g}")
+    confirmed = report.get("confirmed")
+    checked = (f"; confirmed against the original at S={confirmed['sequences']} (max error "
+               f"{max(confirmed['max_abs'].values()):.2g})" if confirmed else "")
+    return (f"{report['nodes']['added']} {report['op_type']} nodes ({report['model_version']}, "
+            f"{'+'.join(report['pos_att_type'])}, {first['span']['rule']}, {scales}){checked}; "
             f"{report['nodes']['before']} -> {report['nodes']['after']} nodes, "
             f"{report['nodes']['removed']} removed; position table for S <= {report['rel_table']['max_sequence']}")
 

@@ -39,9 +39,12 @@ class Probe:
     def is_constant(self, tensor) -> bool:
         return constant_value(tensor) is not None
 
-    def run(self, layers: list[LayerMatch]) -> "Probe":
+    def run(self, layers: list[LayerMatch], extra: dict | None = None) -> "Probe":
+        """Evaluate what ``layers`` need at every probe length, and ``extra`` (sequence length ->
+        tensors) at the lengths it names (a length outside ``sequences`` is evaluated, not listed)."""
         import onnx
 
+        extra = {s: _unique(t for t in ts if constant_value(t) is None) for s, ts in (extra or {}).items()}
         everywhere, short_only = [], []
         for layer in layers:
             for term in layer.terms:
@@ -55,13 +58,13 @@ class Probe:
         short_only = _unique(t for t in short_only + everywhere if constant_value(t) is None)
         model = onnx.load(str(self.onnx_path), load_external_data=False)
         outputs = {o.name for o in model.graph.output}
-        for t in short_only:
+        for t in _unique(short_only + [t for ts in extra.values() for t in ts]):
             if t.name not in outputs:
                 model.graph.output.append(onnx.ValueInfoProto(name=t.name))
-        session = _probe_session(model, self.onnx_path.parent)
-        for sequence in self.sequences:
-            wanted = short_only if sequence == self.sequences[0] else everywhere
-            names = [t.name for t in wanted]
+        session = probe_session(model, self.onnx_path.parent)
+        for sequence in sorted(set(self.sequences) | set(extra)):
+            wanted = short_only if sequence == self.sequences[0] else everywhere if sequence in self.sequences else []
+            names = [t.name for t in _unique(wanted + extra.get(sequence, []))]
             try:
                 values = session.run(names, _probe_feed(session, sequence)) if names else []
             except Exception as exc:
@@ -80,7 +83,7 @@ def _unique(tensors):
     return out
 
 
-def _probe_session(model, base_dir: Path):
+def probe_session(model, base_dir: Path):
     import onnxruntime as ort
 
     from debertrt.plugins.ort import ort_session
@@ -110,7 +113,7 @@ def _probe_feed(session, sequence: int) -> dict:
 # ---------------------------------------------------------------------------- checking
 
 
-def _scalar(value, what: str, where: str) -> float:
+def scalar(value, what: str, where: str) -> float:
     value = np.asarray(value)
     if value.size != 1:
         raise DebertrtError(f"{where}: {what} is not a scalar (shape {value.shape})")
@@ -156,7 +159,7 @@ def check_index(term, where: str, probe: Probe, facts: ModelFacts, table: np.nda
     smax = (table.size + 1) // 2
     kinds = set()
     for sequence in probe.sequences:
-        span = int(_scalar(probe.value(term.index.span, sequence), f"the span {term.index.span.name!r}", where))
+        span = int(scalar(probe.value(term.index.span, sequence), f"the span {term.index.span.name!r}", where))
         expected_span = facts.span_at(sequence)
         if span != expected_span:
             rule = f"min(S, {facts.max_relative_positions}) = " if facts.static_span is None else ""
@@ -217,7 +220,7 @@ def check_positional_scale(layer: LayerMatch, probe: Probe, facts: ModelFacts) -
     for term in layer.terms:
         factor = 1.0
         for op, tensor in term.factors:
-            values = {round(_scalar(probe.value(tensor, s), f"the {op} operand {tensor.name!r}", where), 12)
+            values = {round(scalar(probe.value(tensor, s), f"the {op} operand {tensor.name!r}", where), 12)
                       for s in probe.sequences}
             if len(values) != 1:
                 raise DebertrtError(f"{where}: the {term.kind} scale {tensor.name!r} changes with the sequence "
@@ -244,7 +247,7 @@ def measure_c2c_scale(layer: LayerMatch, probe: Probe, facts: ModelFacts) -> dic
         return None
     side, op, tensor = found
     try:
-        value = _scalar(probe.value(tensor, probe.sequences[0]), "the c2c scale", layer.label)
+        value = scalar(probe.value(tensor, probe.sequences[0]), "the c2c scale", layer.label)
     except (KeyError, DebertrtError):
         return {"on": side, "op": op, "value": None}
     value = value if op == "Div" else 1.0 / value

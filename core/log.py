@@ -12,6 +12,19 @@ LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 _verbosity = 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was at ``configure``:
+    a caller may replace it in between (test capture, a redirect), and the old one may be closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns one; sys.stderr is read at emit time
+        pass
+
+
 def configure(verbosity: int = 0) -> None:
     """Log to stderr at WARNING (-q), INFO (default) or DEBUG (-v); idempotent."""
     global _verbosity
@@ -19,7 +32,7 @@ def configure(verbosity: int = 0) -> None:
     level = LEVELS[_verbosity]
     logger.setLevel(level)
     if not any(getattr(h, "_debertrt", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._debertrt = True
         logger.addHandler(handler)
