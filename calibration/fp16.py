@@ -25,6 +25,7 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError
 
 from debertrt.core import onnx_utils as ox
+from debertrt.core.resources import measured
 from debertrt.plugins.ort import ort_session
 from debertrt.plugins.graph_types import elem_types
 
@@ -41,6 +42,7 @@ def fp16_path_for(onnx_path: str | os.PathLike) -> Path:
     return sibling(onnx_path, ".fp16.onnx")
 
 
+@measured
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None, *,
             ref=None, options: Fp16Options = Fp16Options()) -> StageResult:
     """Write the fp16 graph of ``onnx_path`` (default ``DIR/model.fp16.onnx``), its report and manifest entry.

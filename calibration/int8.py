@@ -25,6 +25,7 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError, first_line
 
 from debertrt.core import onnx_utils as ox
+from debertrt.core.resources import measured
 from debertrt.plugins.graph_types import value_types
 
 from . import graph as G
@@ -43,6 +44,7 @@ def int8_path_for(onnx_path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- the stage
 
 
+@measured
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None,
                   method: str | None = None, *, ref=None, task: str | None = None, fallback_dataset=None,
                   options: Int8Options | None = None) -> StageResult:

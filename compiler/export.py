@@ -20,6 +20,7 @@ import numpy as np
 from debertrt.core.artifacts import record_stage
 from debertrt.core.errors import DebertrtError
 from debertrt.core.models import ReferenceModel
+from debertrt.core.resources import measured
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
@@ -45,6 +46,7 @@ class ExportOptions:
             raise DebertrtError(f"opset {self.opset} is outside the supported range 14..23")
 
 
+@measured
 def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptions = ExportOptions()) -> Path:
     """Write ``out_dir/model.onnx`` (and ``model.onnx.data`` with external data) and its manifest."""
     import onnx

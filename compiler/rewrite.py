@@ -44,6 +44,7 @@ from debertrt.plugins.spec import DOMAIN, OP_TYPE
 from debertrt.core import onnx_utils as ox
 from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, write_json
 from debertrt.core.errors import DebertrtError, InternalError
+from debertrt.core.resources import measured
 from .model_facts import ModelFacts, config_from_dict
 from .patterns import LayerMatch, PatternError, find_disentangled_attention
 from .rewrite_checks import Probe, check_layer
@@ -62,6 +63,7 @@ def report_path_for(out_path: str | os.PathLike) -> Path:
     return sibling(out_path, REPORT_SUFFIX)
 
 
+@measured
 def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None,
             max_sequence: int | None = None) -> StageResult:
     """Write ``DIR/model.plugin.onnx`` (one DisentangledAttention node per layer) and its report.
