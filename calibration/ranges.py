@@ -1,4 +1,4 @@
-"""Measured activation ranges: run the fp32 graph with every float tensor as an output.
+"""Measured activation ranges: run the fp32 graph with max |x| of every float tensor as an output.
 
 Both precision passes start here: fp16 picks its fp32 islands from the largest magnitudes,
 int8 refuses data on which the fp32 model already produces inf/NaN.
@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto
 
 from debertrt.core.errors import DebertrtError
 
@@ -42,6 +44,7 @@ def float_tensors(model, types: dict[str, int]) -> list[str]:
     return names
 
 
+FP16_INF = 65520.0  # the smallest magnitude fp16 rounds to inf
 OVERFLOW_ADVICE = "the model overflows on this data — check the weights and the inputs before calibrating"
 
 
@@ -49,51 +52,115 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
                    workdir: str | os.PathLike | None = None, graph: str = "fp32",
                    advice: str = OVERFLOW_ADVICE) -> TensorRanges:
     """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return max |x| of
-    ``tensors`` (default: every float tensor, each materialised in its own type), raising
-    ``DebertrtError`` with ``advice`` on a non-finite value."""
-    import onnx
+    ``tensors`` (default: every float tensor), raising ``DebertrtError`` with ``advice`` on a non-finite value.
 
-    typed = value_types(model)
-    types = {n: t.tensor_type.elem_type for n, t in typed.items()}
+    Streams: each tensor gets ``ReduceMax(Abs(x))`` and ``ReduceSum(Abs(x))`` nodes placed right after
+    its producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation
+    as in plain inference; one batch's intermediates are never all alive at once. A non-finite sum
+    (inf or NaN somewhere) reruns that batch with the tensor itself as an output, for the message."""
+    types = {n: t.tensor_type.elem_type for n, t in value_types(model).items()}
     names = tensors if tensors is not None else float_tensors(model, types)
     outputs = [o.name for o in model.graph.output]
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    present = set(outputs)
-    for name in names:
-        if name in present or name not in typed:
-            continue
-        vi = onnx.ValueInfoProto(name=name)
-        vi.type.tensor_type.elem_type = typed[name].tensor_type.elem_type
-        augmented.graph.output.append(vi)
-        present.add(name)
-    watched = [n for n in names if n in present] + [o for o in outputs if o not in names]
-    producer = ox.producers(model.graph)
+    watched = [n for n in names if n in types or n in outputs] + [o for o in outputs if o not in names]
+    augmented, stats = _with_reductions(model, watched, types)
+    # ONNX Runtime on the CPU runs an fp16 chain in fp32 unless a tensor is fetched in fp16, so an fp16
+    # overflow shows as |x| beyond what fp16 rounds to a finite value
+    limits = {n: FP16_INF if types.get(n) == TensorProto.FLOAT16 else np.inf for n in stats}
     ranges = TensorRanges()
     with tempfile.TemporaryDirectory(prefix="debertrt-ranges.", dir=workdir) as tmp:
-        sess = ort_session(augmented, base_dir=tmp)
+        path = ox.write_with_weights(augmented, model, Path(tmp) / "ranges.onnx")
         del augmented
+        sess = ort_session(path, options=one_shot_options())
+        fetch = [s for pair in stats.values() for s in pair]
         for k, feed in enumerate(feed_list):
-            try:
-                values = sess.run(watched, feed)
-            except DebertrtError:
-                raise
-            except Exception as exc:
-                raise DebertrtError(f"calibration batch {k}: ONNX Runtime failed on the fp32 graph: "
-                                    f"{str(exc).splitlines()[0]}") from exc
-            for name, value in zip(watched, values):
-                value = np.asarray(value)
-                if value.dtype.kind != "f" or value.size == 0:
-                    continue
-                finite = np.isfinite(value)
-                if not finite.all():
-                    node = producer.get(name)
-                    what = f"{node.op_type} node {node.name!r}" if node is not None else "the graph"
-                    kind = "NaN" if np.isnan(value).any() else "inf"
-                    raise DebertrtError(
-                        f"calibration batch {k}: tensor {name!r} (output of {what}) holds {kind} in the {graph} graph "
-                        f"({int((~finite).sum())} of {value.size} values); {advice}")
-                amax = float(np.abs(value).max())
+            values = dict(zip(fetch, _run(sess, fetch, feed, k)))
+            for name, (amax_name, check_name) in stats.items():
+                if not np.isfinite(values[check_name]) or values[amax_name] >= limits.get(name, np.inf):
+                    _raise_non_finite(model, name, feed, k, graph, advice, tmp)
+                amax = float(values[amax_name])
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
             ranges.batches += 1
     return ranges
+
+
+def _with_reductions(model, names: list[str], types: dict[str, int]):
+    """``model`` without its initializers (see ``onnx_utils.write_with_weights``) whose outputs are
+    max |x| and Σ|x| (float32 scalars) of each of ``names``."""
+    from onnx import helper
+
+    augmented = ox.without_initializers(model)
+    graph = augmented.graph
+    taken = {n for node in graph.node for n in list(node.input) + list(node.output)} \
+        | {i.name for i in graph.input} | {i.name for i in model.graph.initializer} | {n.name for n in graph.node}
+    wanted = set(names)
+    stats: dict[str, tuple[str, str]] = {}
+
+    def reductions(name: str) -> list:
+        magnitude, amax, check = (ox.unique_name(f"{name}/range_{s}", taken) for s in ("abs", "max", "sum"))
+        nodes, source = [], name
+        if types.get(name) != TensorProto.FLOAT:  # reduced in fp32, where the sum does not overflow
+            source = ox.unique_name(f"{name}/range_f32", taken)
+            nodes.append(helper.make_node("Cast", [name], [source], name=source, to=TensorProto.FLOAT))
+        stats[name] = (amax, check)
+        return nodes + [helper.make_node("Abs", [source], [magnitude], name=magnitude),  # Σ|x|: inf/NaN iff an x is
+                        helper.make_node("ReduceMax", [magnitude], [amax], name=amax, keepdims=0),
+                        helper.make_node("ReduceSum", [magnitude], [check], name=check, keepdims=0)]
+
+    # each tensor's reductions right after its producer: ONNX Runtime runs nodes in this order, and a
+    # tensor is freed once its last reader ran
+    nodes = [n for i in graph.input if i.name in wanted for n in reductions(i.name)]
+    for node in graph.node:
+        nodes.append(node)
+        nodes += [n for out in node.output if out in wanted and out not in stats for n in reductions(out)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    for amax, total in stats.values():
+        graph.output.extend([helper.make_tensor_value_info(amax, TensorProto.FLOAT, []),
+                             helper.make_tensor_value_info(total, TensorProto.FLOAT, [])])
+    return augmented, {n: stats[n] for n in names if n in stats}
+
+
+def one_shot_options():
+    """ONNX Runtime options for a few large batches: no memory-pattern plan (it sizes one block for the
+    largest shape seen and keeps it) and no arena growth kept beyond the run."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # measured: frees activations sooner
+    return options
+
+
+def _run(sess, names: list[str], feed: dict, k: int) -> list:
+    try:
+        return sess.run(names, feed)
+    except DebertrtError:
+        raise
+    except Exception as exc:
+        raise DebertrtError(f"calibration batch {k}: ONNX Runtime failed on the fp32 graph: "
+                            f"{str(exc).splitlines()[0]}") from exc
+
+
+def _raise_non_finite(model, name: str, feed: dict, k: int, graph: str, advice: str, tmp: str) -> None:
+    """Rerun batch ``k`` with ``name`` itself as an output and say where and what is not finite."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if name not in {o.name for o in probe.graph.output}:
+        vi = onnx.ValueInfoProto(name=name)
+        vi.type.tensor_type.elem_type = value_types(model)[name].tensor_type.elem_type
+        probe.graph.output.append(vi)
+    value = np.asarray(_run(ort_session(probe, base_dir=tmp), [name], feed, k)[0])
+    finite = np.isfinite(value)
+    if finite.all():
+        return  # only the sum of |x| overflowed
+    node = ox.producers(model.graph).get(name)
+    what = f"{node.op_type} node {node.name!r}" if node is not None else "the graph"
+    kind = "NaN" if np.isnan(value).any() else "inf"
+    raise DebertrtError(
+        f"calibration batch {k}: tensor {name!r} (output of {what}) holds {kind} in the {graph} graph "
+        f"({int((~finite).sum())} of {value.size} values); {advice}")

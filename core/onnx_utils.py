@@ -59,6 +59,58 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool)
                     location=path.name + ".data", size_threshold=1024)
 
 
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with everything but ``graph.initializer``: copying it copies no weights."""
+    copy = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name != "graph":
+            target = getattr(copy, fd.name)
+            if fd.label == fd.LABEL_REPEATED:
+                target.extend(value)
+            elif fd.type == fd.TYPE_MESSAGE:
+                target.CopyFrom(value)
+            else:
+                setattr(copy, fd.name, value)
+    for fd, value in model.graph.ListFields():
+        if fd.name == "initializer":
+            continue
+        if fd.label == fd.LABEL_REPEATED:
+            getattr(copy.graph, fd.name).extend(value)
+        else:
+            setattr(copy.graph, fd.name, value)
+    return copy
+
+
+def write_with_weights(structure: onnx.ModelProto, weights: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``structure`` (a model without initializers) with the initializers of ``weights`` to ``path``,
+    each float weight streamed into ``<name>.data``: one tensor at a time, neither model changed (``onnx.save``
+    with external data clears the bytes of the model it is given)."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    graph = onnx.GraphProto()
+    with open(data, "wb") as f:
+        for init in weights.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL or init.data_type not in FLOAT_TYPES \
+                    or int(np.prod(init.dims)) <= 256:
+                graph.initializer.add().CopyFrom(init)  # small, or already on disk (relative to its folder)
+                continue
+            raw = init.raw_data if init.HasField("raw_data") else numpy_helper.to_array(init).tobytes()
+            offset = f.tell()
+            f.write(raw)
+            f.write(b"\0" * (-f.tell() % 64))  # aligned, so ONNX Runtime can map it
+            out = graph.initializer.add()
+            out.name, out.data_type = init.name, init.data_type
+            out.dims.extend(init.dims)
+            for key, value in (("location", data.name), ("offset", offset), ("length", len(raw))):
+                out.external_data.add(key=key, value=str(value))
+            out.data_location = onnx.TensorProto.EXTERNAL
+    model = onnx.ModelProto()
+    model.CopyFrom(structure)
+    model.graph.initializer.extend(graph.initializer)
+    onnx.save_model(model, str(path))
+    return path
+
+
 @contextlib.contextmanager
 def staged_save(model: onnx.ModelProto, final: str | os.PathLike, external: bool | None = None,
                 check: str | None = "basic") -> Iterator[Path]:
