@@ -15,9 +15,10 @@ import numpy as np
 from onnx import TensorProto
 
 from debertrt.core.errors import DebertrtError
+from debertrt.core.resources import BatchForecast, require_memory
 
 from debertrt.core import onnx_utils as ox
-from debertrt.plugins.ort import ort_session
+from debertrt.plugins.ort import one_shot_options, ort_session
 from debertrt.plugins.graph_types import value_types
 
 
@@ -44,6 +45,7 @@ def float_tensors(model, types: dict[str, int]) -> list[str]:
     return names
 
 
+SESSION_OVERHEAD = 256 * 1024**2  # ONNX Runtime's own allocations beside the weights
 FP16_INF = 65520.0  # the smallest magnitude fp16 rounds to inf
 OVERFLOW_ADVICE = "the model overflows on this data — check the weights and the inputs before calibrating"
 
@@ -54,10 +56,10 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return max |x| of
     ``tensors`` (default: every float tensor), raising ``DebertrtError`` with ``advice`` on a non-finite value.
 
-    Streams: each tensor gets ``ReduceMax(Abs(x))`` and ``ReduceSum(Abs(x))`` nodes placed right after
-    its producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation
-    as in plain inference; one batch's intermediates are never all alive at once. A non-finite sum
-    (inf or NaN somewhere) reruns that batch with the tensor itself as an output, for the message."""
+    Streams: each tensor gets ``ReduceMax``, ``ReduceMin`` and ``ReduceSum`` nodes placed right after its
+    producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation as in
+    plain inference; one batch's intermediates are never all alive at once. A non-finite sum (inf or
+    NaN somewhere) reruns that batch with the tensor itself as an output, for the message."""
     types = {n: t.tensor_type.elem_type for n, t in value_types(model).items()}
     names = tensors if tensors is not None else float_tensors(model, types)
     outputs = [o.name for o in model.graph.output]
@@ -70,14 +72,19 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     with tempfile.TemporaryDirectory(prefix="debertrt-ranges.", dir=workdir) as tmp:
         path = ox.write_with_weights(augmented, model, Path(tmp) / "ranges.onnx")
         del augmented
+        require_memory(ox.weight_bytes(model) + SESSION_OVERHEAD, f"an ONNX Runtime session of the {graph} graph",
+                       "the weights alone do not fit: use a machine with more memory")
         sess = ort_session(path, options=one_shot_options())
-        fetch = [s for pair in stats.values() for s in pair]
+        fetch = [out for outs in stats.values() for out in outs]
+        forecast = BatchForecast(f"range collection on the {graph} graph",
+                                 "use a smaller --batch-size or --max-length (or fewer --batches)")
         for k, feed in enumerate(feed_list):
-            values = dict(zip(fetch, _run(sess, fetch, feed, k)))
-            for name, (amax_name, check_name) in stats.items():
-                if not np.isfinite(values[check_name]) or values[amax_name] >= limits.get(name, np.inf):
+            with forecast.batch(feed, k):
+                values = dict(zip(fetch, _run(sess, fetch, feed, k)))
+            for name, (high, low, check) in stats.items():
+                amax = max(float(values[high]), -float(values[low]))
+                if not np.isfinite(values[check]) or not amax < limits.get(name, np.inf):
                     _raise_non_finite(model, name, feed, k, graph, advice, tmp)
-                amax = float(values[amax_name])
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
             ranges.batches += 1
     return ranges
@@ -85,7 +92,7 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
 
 def _with_reductions(model, names: list[str], types: dict[str, int]):
     """``model`` without its initializers (see ``onnx_utils.write_with_weights``) whose outputs are
-    max |x| and Σ|x| (float32 scalars) of each of ``names``."""
+    max x, min x and Σx (float32 scalars) of each of ``names``."""
     from onnx import helper
 
     augmented = ox.without_initializers(model)
@@ -93,18 +100,19 @@ def _with_reductions(model, names: list[str], types: dict[str, int]):
     taken = {n for node in graph.node for n in list(node.input) + list(node.output)} \
         | {i.name for i in graph.input} | {i.name for i in model.graph.initializer} | {n.name for n in graph.node}
     wanted = set(names)
-    stats: dict[str, tuple[str, str]] = {}
+    stats: dict[str, tuple[str, str, str]] = {}
 
     def reductions(name: str) -> list:
-        magnitude, amax, check = (ox.unique_name(f"{name}/range_{s}", taken) for s in ("abs", "max", "sum"))
+        # max x, min x and Σx: no full-size temporary; Σx is inf or NaN whenever an x is (or it overflowed:
+        # then the rerun finds every x finite)
+        high, low, check = (ox.unique_name(f"{name}/range_{s}", taken) for s in ("max", "min", "sum"))
         nodes, source = [], name
         if types.get(name) != TensorProto.FLOAT:  # reduced in fp32, where the sum does not overflow
             source = ox.unique_name(f"{name}/range_f32", taken)
             nodes.append(helper.make_node("Cast", [name], [source], name=source, to=TensorProto.FLOAT))
-        stats[name] = (amax, check)
-        return nodes + [helper.make_node("Abs", [source], [magnitude], name=magnitude),  # Σ|x|: inf/NaN iff an x is
-                        helper.make_node("ReduceMax", [magnitude], [amax], name=amax, keepdims=0),
-                        helper.make_node("ReduceSum", [magnitude], [check], name=check, keepdims=0)]
+        stats[name] = (high, low, check)
+        return nodes + [helper.make_node(op, [source], [out], name=out, keepdims=0)
+                        for op, out in (("ReduceMax", high), ("ReduceMin", low), ("ReduceSum", check))]
 
     # each tensor's reductions right after its producer: ONNX Runtime runs nodes in this order, and a
     # tensor is freed once its last reader ran
@@ -115,23 +123,9 @@ def _with_reductions(model, names: list[str], types: dict[str, int]):
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.output[:]
-    for amax, total in stats.values():
-        graph.output.extend([helper.make_tensor_value_info(amax, TensorProto.FLOAT, []),
-                             helper.make_tensor_value_info(total, TensorProto.FLOAT, [])])
+    graph.output.extend(helper.make_tensor_value_info(out, TensorProto.FLOAT, []) for outs in stats.values()
+                        for out in outs)
     return augmented, {n: stats[n] for n in names if n in stats}
-
-
-def one_shot_options():
-    """ONNX Runtime options for a few large batches: no memory-pattern plan (it sizes one block for the
-    largest shape seen and keeps it) and no arena growth kept beyond the run."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_mem_pattern = False
-    options.enable_cpu_mem_arena = False
-    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # measured: frees activations sooner
-    return options
 
 
 def _run(sess, names: list[str], feed: dict, k: int) -> list:

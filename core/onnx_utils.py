@@ -59,13 +59,19 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool)
                     location=path.name + ".data", size_threshold=1024)
 
 
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every initializer, as an inference session holds them."""
+    return sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
 def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with everything but ``graph.initializer``: copying it copies no weights."""
     copy = onnx.ModelProto()
     for fd, value in model.ListFields():
         if fd.name != "graph":
             target = getattr(copy, fd.name)
-            if fd.label == fd.LABEL_REPEATED:
+            if hasattr(value, "extend"):  # a repeated field
                 target.extend(value)
             elif fd.type == fd.TYPE_MESSAGE:
                 target.CopyFrom(value)
@@ -74,7 +80,7 @@ def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     for fd, value in model.graph.ListFields():
         if fd.name == "initializer":
             continue
-        if fd.label == fd.LABEL_REPEATED:
+        if hasattr(value, "extend"):
             getattr(copy.graph, fd.name).extend(value)
         else:
             setattr(copy.graph, fd.name, value)

@@ -131,3 +131,30 @@ def require_memory(need: int, what: str, fix: str) -> None:
     free = available_bytes()
     if free is not None and need > free:
         raise DebertrtError(f"{what} needs about {need / GIB:.1f} GiB, {free / GIB:.1f} GiB is available: {fix}")
+
+
+class BatchForecast:
+    """Memory a batch will take, forecast from the first one: its measured peak growth scaled by
+    batch × sequence² (attention's scores grow with the square of the length), checked against the
+    memory available before each later batch runs."""
+
+    def __init__(self, what: str, fix: str = "use a smaller --batch-size or --max-length"):
+        self.what, self.fix = what, fix
+        self.per_unit: float | None = None
+
+    @staticmethod
+    def units(feed: dict) -> int:
+        shape = next(iter(feed.values())).shape
+        batch, sequence = int(shape[0]) if shape else 1, int(shape[-1]) if shape else 1
+        return max(1, batch * sequence * sequence)
+
+    @contextlib.contextmanager
+    def batch(self, feed: dict, index: int):
+        units = self.units(feed)
+        if self.per_unit is not None:
+            require_memory(int(self.per_unit * units), f"{self.what} (batch {index}, shape "
+                           f"{'x'.join(str(d) for d in next(iter(feed.values())).shape)})", self.fix)
+        with measure() as meter:
+            yield
+        if self.per_unit is None:
+            self.per_unit = max(0, meter.current_peak() - meter.start_rss) / units

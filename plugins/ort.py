@@ -101,6 +101,19 @@ def _options(threads: int | None = None):
     return options
 
 
+def one_shot_options(threads: int | None = None):
+    """Options for a session that runs a few large batches once (calibration, checks, scoring): no
+    memory-pattern plan (sized for the largest shape seen, then kept) and no arena (it keeps what the
+    largest batch took until the session closes), and an execution order that frees activations sooner."""
+    import onnxruntime as ort
+
+    options = _options(threads)
+    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # measured: a lower peak than the default
+    return options
+
+
 def plugin_op(node) -> PluginOp | None:
     """How a ``NodeProto`` of one of our plugin ops runs as PyOps, else None."""
     spec = op_spec_of(node)
