@@ -58,8 +58,8 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
 
     Streams: each tensor gets ``ReduceMax``, ``ReduceMin`` and ``ReduceSum`` nodes placed right after its
     producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation as in
-    plain inference; one batch's intermediates are never all alive at once. A non-finite sum (inf or
-    NaN somewhere) reruns that batch with the tensor itself as an output, for the message."""
+    plain inference; one batch's intermediates are never all alive at once. A non-finite value (inf in
+    the max or min, NaN in the sum) reruns that batch with the tensor itself as an output, for the message."""
     types = {n: t.tensor_type.elem_type for n, t in value_types(model).items()}
     names = tensors if tensors is not None else float_tensors(model, types)
     outputs = [o.name for o in model.graph.output]
@@ -83,7 +83,9 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
                 values = dict(zip(fetch, _run(sess, fetch, feed, k)))
             for name, (high, low, check) in stats.items():
                 amax = max(float(values[high]), -float(values[low]))
-                if not np.isfinite(values[check]) or not amax < limits.get(name, np.inf):
+                # an inf shows in the max or min, a NaN in the sum (an inf sum of finite values, e.g. of
+                # masks at -3.4e38, is no sign of either)
+                if np.isnan(values[check]) or not amax < limits.get(name, np.inf):
                     _raise_non_finite(model, name, feed, k, graph, advice, tmp)
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
             ranges.batches += 1
@@ -103,8 +105,7 @@ def _with_reductions(model, names: list[str], types: dict[str, int]):
     stats: dict[str, tuple[str, str, str]] = {}
 
     def reductions(name: str) -> list:
-        # max x, min x and Σx: no full-size temporary; Σx is inf or NaN whenever an x is (or it overflowed:
-        # then the rerun finds every x finite)
+        # max x, min x and Σx: no full-size temporary
         high, low, check = (ox.unique_name(f"{name}/range_{s}", taken) for s in ("max", "min", "sum"))
         nodes, source = [], name
         if types.get(name) != TensorProto.FLOAT:  # reduced in fp32, where the sum does not overflow

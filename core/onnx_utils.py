@@ -44,8 +44,9 @@ def load(path: str | os.PathLike, external_data: bool = True) -> onnx.ModelProto
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """Half the protobuf limit leaves room for the graph itself."""
-    return model.ByteSize() > PROTOBUF_LIMIT // 2
+    """Half the protobuf limit leaves room for the graph itself (``ByteSize`` would serialize the model:
+    seconds on a large one; the weights decide)."""
+    return weight_bytes(model) > PROTOBUF_LIMIT // 2
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:

@@ -295,14 +295,14 @@ def session_for_model(model, base_dir: str | os.PathLike | None, options=None, s
     so that no serialized copy of them is held), removed once the session has loaded."""
     import onnxruntime as ort
 
-    from debertrt.core.onnx_utils import (PROTOBUF_LIMIT, uses_external_data, without_initializers, write_model,
-                                          write_with_weights)
+    from debertrt.core.onnx_utils import (PROTOBUF_LIMIT, uses_external_data, weight_bytes, without_initializers,
+                                          write_model, write_with_weights)
 
     session_class = session_class or ort.InferenceSession
     options = options or _options()
     providers = ["CPUExecutionProvider"]
     external = uses_external_data(model)
-    size = 0 if external else model.ByteSize()
+    size = 0 if external else weight_bytes(model)  # ByteSize() serializes: seconds on a large model
     if not external and (size <= SERIALIZE_LIMIT or (base_dir is None and size < PROTOBUF_LIMIT)):
         return session_class(model.SerializeToString(), sess_options=options, providers=providers)
     if base_dir is None:

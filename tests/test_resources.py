@@ -99,3 +99,15 @@ def test_a_large_in_memory_model_reaches_the_session_through_a_file_and_keeps_it
     assert model.SerializeToString() == before
     assert list(tmp_path.iterdir()) == []  # the temporary graph and its data are gone
     np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_a_sum_that_overflows_on_finite_values_is_no_alarm(exported, monkeypatch):
+    """Masks filled with -3.4e38 sum to -inf; only an inf in the max or min or a NaN sum reruns a
+    batch to name the tensor (a rerun costs a session and a pass over the graph)."""
+    from debertrt.calibration import ranges
+
+    model = onnx.load(str(exported(PRESET, TASK)))
+    feed = _feed(token_batch(TokenSpace.of(load_model(PRESET, TASK)), 4, 32, np.random.default_rng(3)))
+    monkeypatch.setattr(ranges, "_raise_non_finite", lambda *a: pytest.fail(f"rerun for {a[1]}"))
+    found = collect_ranges(model, [feed])
+    assert max(found.amax.values()) > 1e38  # the masks are there
