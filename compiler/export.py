@@ -62,8 +62,8 @@ def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptio
     with tempfile.TemporaryDirectory(prefix=".export.", dir=out_dir) as staging:
         raw = Path(staging) / "raw.onnx"
         _run_exporter(ref, raw, options)
-        model = onnx.load(raw, load_external_data=True)
-        with staged_save(model, final, external) as staged:
+        # the only reference is staged_save's: the weights are freed before the validation run
+        with staged_save(onnx.load(raw, load_external_data=True), final, external) as staged:
             validation = validate_export(ref, staged) if options.validate else None
 
     outputs = {"model": final}

@@ -89,10 +89,10 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
     model = export(ref, out_dir, options.export)
     reference = _reference(ref, datasets["parity"], out_dir)
     if release_torch:
-        import gc
+        from debertrt.core.resources import release_memory
 
         ref.module = None
-        gc.collect()
+        release_memory()
     logger.info("[2/%d] rewrite -> plugin graph", steps)
     plugin_model = rewrite(model, max_sequence=longest).path
 

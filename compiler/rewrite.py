@@ -100,7 +100,7 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     longest = facts.table_sequence(max_sequence)
     layers = match(graph, facts, scopes)
     table = relative_position_table(facts, longest)
-    probes = Probe(onnx_path, facts, longest).run(layers)
+    probes = Probe(onnx_path, facts, longest, model).run(layers)
     reports = [check_layer(layer, probes, facts, table) for layer in layers]
     nodes = replace_layers(graph, layers, reports, facts, table, scopes)
 

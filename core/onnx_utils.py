@@ -133,6 +133,7 @@ def staged_save(model: onnx.ModelProto, final: str | os.PathLike, external: bool
     try:
         staged = staging / final.name
         write_model(model, staged, external)
+        del model  # written: a caller that passed the only reference frees it while the file is checked
         if check:
             try:
                 onnx.checker.check_model(str(staged), full_check=check == "full")
