@@ -54,10 +54,34 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def write_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool) -> None:
-    """``onnx.save_model`` with the weights in ``<name>.data`` beside the graph when ``external``."""
+    """Write ``model`` to ``path``, its weights in ``<name>.data`` beside it when ``external``; one
+    initializer at a time, never a serialized copy of the whole model, and ``model`` unchanged."""
     path = Path(path)
-    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    if external:
+        write_with_weights(without_initializers(model), model, path)
+        return
+    structure = without_initializers(model)
+    graph = structure.graph.SerializeToString()
+    structure.ClearField("graph")
+    sizes = [len(init.SerializeToString()) for init in model.graph.initializer]  # a first pass for the length
+    length = len(graph) + sum(1 + len(_varint(n)) + n for n in sizes)
+    with open(path, "wb") as f:
+        f.write(structure.SerializeToString())
+        f.write(b"\x3a" + _varint(length))  # ModelProto.graph: field 7, length-delimited
+        f.write(graph)
+        for init in model.graph.initializer:
+            data = init.SerializeToString()
+            f.write(b"\x2a" + _varint(len(data)))  # GraphProto.initializer: field 5, length-delimited
+            f.write(data)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

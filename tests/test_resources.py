@@ -111,3 +111,22 @@ def test_a_sum_that_overflows_on_finite_values_is_no_alarm(exported, monkeypatch
     monkeypatch.setattr(ranges, "_raise_non_finite", lambda *a: pytest.fail(f"rerun for {a[1]}"))
     found = collect_ranges(model, [feed])
     assert max(found.amax.values()) > 1e38  # the masks are there
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_models_are_written_one_initializer_at_a_time_and_left_unchanged(exported, tmp_path, external):
+    """The streamed writer reads back as the same model, with or without external data, and the
+    model it was given keeps its weights."""
+    from debertrt.core.onnx_utils import write_model
+
+    model = onnx.load(str(exported(PRESET, TASK)))
+    before = model.SerializeToString()
+    write_model(model, tmp_path / "model.onnx", external=external)
+    assert model.SerializeToString() == before
+    assert (tmp_path / "model.onnx.data").is_file() == external
+    onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)
+    back = onnx.load(str(tmp_path / "model.onnx"))
+    if not external:
+        assert back == model
+    for a, b in zip(model.graph.initializer, back.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
