@@ -17,7 +17,7 @@ import numpy as np
 from debertrt.core import onnx_utils as ox
 from debertrt.core.compare import LABELLED_TASKS, TaskAgreement, accuracy, predictions, row_cosines
 from debertrt.core.errors import DebertrtError, first_line
-from debertrt.plugins.ort import ort_session
+from debertrt.plugins.ort import one_shot_options, ort_session
 
 from .data import feeds
 
@@ -59,7 +59,7 @@ class Scorer:
         self.calls = 0
 
     def _run(self, model) -> list[dict]:
-        sess = ort_session(model, base_dir=self.tmp)
+        sess = ort_session(model, base_dir=self.tmp, options=one_shot_options())
         names = [o.name for o in sess.get_outputs()]
         outs = []
         for k, feed in enumerate(self.feeds):

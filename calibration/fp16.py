@@ -25,7 +25,8 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError
 
 from debertrt.core import onnx_utils as ox
-from debertrt.plugins.ort import ort_session
+from debertrt.core.resources import measured
+from debertrt.plugins.ort import one_shot_options, ort_session
 from debertrt.plugins.graph_types import elem_types
 
 from . import graph as G
@@ -41,6 +42,7 @@ def fp16_path_for(onnx_path: str | os.PathLike) -> Path:
     return sibling(onnx_path, ".fp16.onnx")
 
 
+@measured
 def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None, *,
             ref=None, options: Fp16Options = Fp16Options()) -> StageResult:
     """Write the fp16 graph of ``onnx_path`` (default ``DIR/model.fp16.onnx``), its report and manifest entry.
@@ -221,7 +223,8 @@ def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
     largest = collect_ranges(fp16_model, feed_list, halves, workdir, graph="fp16",
                              advice="fp16 overflows there: lower --fp16-threshold to keep more of the graph in fp32")
     with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
-        s32, s16 = ort_session(fp32_model, base_dir=tmp), ort_session(fp16_model, base_dir=tmp)
+        s32 = ort_session(fp32_model, base_dir=tmp, options=one_shot_options())
+        s16 = ort_session(fp16_model, base_dir=tmp, options=one_shot_options())
         names = [o.name for o in s32.get_outputs()]
         for k, feed in enumerate(feed_list):
             a, b = s32.run(names, feed), s16.run(names, feed)

@@ -25,6 +25,7 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError, first_line
 
 from debertrt.core import onnx_utils as ox
+from debertrt.core.resources import measured
 from debertrt.plugins.graph_types import value_types
 
 from . import graph as G
@@ -43,6 +44,7 @@ def int8_path_for(onnx_path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- the stage
 
 
+@measured
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None,
                   method: str | None = None, *, ref=None, task: str | None = None, fallback_dataset=None,
                   options: Int8Options | None = None) -> StageResult:
@@ -119,9 +121,8 @@ def _prepare(model, tmp: Path):
             if out and out in types and out not in io_names:
                 prepared.graph.value_info.append(onnx.helper.make_value_info(out, types[out]))
     path = tmp / "prepared.onnx"
-    onnx.save_model(prepared, str(path), save_as_external_data=prepared.ByteSize() > ox.PROTOBUF_LIMIT // 2,
-                    all_tensors_to_one_file=True, location="prepared.onnx.data", size_threshold=1024)
-    return prepared, path
+    # weights streamed beside it: onnx.save_model with external data would clear the bytes of ``prepared``
+    return prepared, ox.write_with_weights(ox.without_initializers(prepared), prepared, path)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -135,7 +136,7 @@ def calibrate(prepared_path: Path, feed_list: list[dict], options: Int8Options, 
 
     aug = str(tmp / "augmented.onnx")
     kwargs = dict(op_types_to_calibrate=list(QUANTIZED_OPS), augmented_model_path=aug, symmetric=True,
-                  use_external_data_format=os.path.getsize(prepared_path) > ox.PROTOBUF_LIMIT // 2)
+                  use_external_data_format=os.path.getsize(f"{prepared_path}.data") > ox.PROTOBUF_LIMIT // 2)
     if options.method == "max":
         calibrator = MinMaxCalibrater(str(prepared_path), **kwargs)
     elif options.method == "entropy":

@@ -1,4 +1,4 @@
-"""Measured activation ranges: run the fp32 graph with every float tensor as an output.
+"""Measured activation ranges: run the fp32 graph with max |x| of every float tensor as an output.
 
 Both precision passes start here: fp16 picks its fp32 islands from the largest magnitudes,
 int8 refuses data on which the fp32 model already produces inf/NaN.
@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto
 
 from debertrt.core.errors import DebertrtError
+from debertrt.core.resources import BatchForecast, require_memory
 
 from debertrt.core import onnx_utils as ox
-from debertrt.plugins.ort import ort_session
+from debertrt.plugins.ort import one_shot_options, ort_session
 from debertrt.plugins.graph_types import value_types
 
 
@@ -42,6 +45,8 @@ def float_tensors(model, types: dict[str, int]) -> list[str]:
     return names
 
 
+SESSION_OVERHEAD = 256 * 1024**2  # ONNX Runtime's own allocations beside the weights
+FP16_INF = 65520.0  # the smallest magnitude fp16 rounds to inf
 OVERFLOW_ADVICE = "the model overflows on this data — check the weights and the inputs before calibrating"
 
 
@@ -49,51 +54,108 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
                    workdir: str | os.PathLike | None = None, graph: str = "fp32",
                    advice: str = OVERFLOW_ADVICE) -> TensorRanges:
     """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return max |x| of
-    ``tensors`` (default: every float tensor, each materialised in its own type), raising
-    ``DebertrtError`` with ``advice`` on a non-finite value."""
-    import onnx
+    ``tensors`` (default: every float tensor), raising ``DebertrtError`` with ``advice`` on a non-finite value.
 
-    typed = value_types(model)
-    types = {n: t.tensor_type.elem_type for n, t in typed.items()}
+    Streams: each tensor gets ``ReduceMax``, ``ReduceMin`` and ``ReduceSum`` nodes placed right after its
+    producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation as in
+    plain inference; one batch's intermediates are never all alive at once. A non-finite value (inf in
+    the max or min, NaN in the sum) reruns that batch with the tensor itself as an output, for the message."""
+    types = {n: t.tensor_type.elem_type for n, t in value_types(model).items()}
     names = tensors if tensors is not None else float_tensors(model, types)
     outputs = [o.name for o in model.graph.output]
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    present = set(outputs)
-    for name in names:
-        if name in present or name not in typed:
-            continue
-        vi = onnx.ValueInfoProto(name=name)
-        vi.type.tensor_type.elem_type = typed[name].tensor_type.elem_type
-        augmented.graph.output.append(vi)
-        present.add(name)
-    watched = [n for n in names if n in present] + [o for o in outputs if o not in names]
-    producer = ox.producers(model.graph)
+    watched = [n for n in names if n in types or n in outputs] + [o for o in outputs if o not in names]
+    augmented, stats = _with_reductions(model, watched, types)
+    # ONNX Runtime on the CPU runs an fp16 chain in fp32 unless a tensor is fetched in fp16, so an fp16
+    # overflow shows as |x| beyond what fp16 rounds to a finite value
+    limits = {n: FP16_INF if types.get(n) == TensorProto.FLOAT16 else np.inf for n in stats}
     ranges = TensorRanges()
     with tempfile.TemporaryDirectory(prefix="debertrt-ranges.", dir=workdir) as tmp:
-        sess = ort_session(augmented, base_dir=tmp)
+        path = ox.write_with_weights(augmented, model, Path(tmp) / "ranges.onnx")
         del augmented
+        require_memory(ox.weight_bytes(model) + SESSION_OVERHEAD, f"an ONNX Runtime session of the {graph} graph",
+                       "the weights alone do not fit: use a machine with more memory")
+        sess = ort_session(path, options=one_shot_options())
+        fetch = [out for outs in stats.values() for out in outs]
+        forecast = BatchForecast(f"range collection on the {graph} graph",
+                                 "use a smaller --batch-size or --max-length (or fewer --batches)")
         for k, feed in enumerate(feed_list):
-            try:
-                values = sess.run(watched, feed)
-            except DebertrtError:
-                raise
-            except Exception as exc:
-                raise DebertrtError(f"calibration batch {k}: ONNX Runtime failed on the fp32 graph: "
-                                    f"{str(exc).splitlines()[0]}") from exc
-            for name, value in zip(watched, values):
-                value = np.asarray(value)
-                if value.dtype.kind != "f" or value.size == 0:
-                    continue
-                finite = np.isfinite(value)
-                if not finite.all():
-                    node = producer.get(name)
-                    what = f"{node.op_type} node {node.name!r}" if node is not None else "the graph"
-                    kind = "NaN" if np.isnan(value).any() else "inf"
-                    raise DebertrtError(
-                        f"calibration batch {k}: tensor {name!r} (output of {what}) holds {kind} in the {graph} graph "
-                        f"({int((~finite).sum())} of {value.size} values); {advice}")
-                amax = float(np.abs(value).max())
+            with forecast.batch(feed, k):
+                values = dict(zip(fetch, _run(sess, fetch, feed, k)))
+            for name, (high, low, check) in stats.items():
+                amax = max(float(values[high]), -float(values[low]))
+                # an inf shows in the max or min, a NaN in the sum (an inf sum of finite values, e.g. of
+                # masks at -3.4e38, is no sign of either)
+                if np.isnan(values[check]) or not amax < limits.get(name, np.inf):
+                    _raise_non_finite(model, name, feed, k, graph, advice, tmp)
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
             ranges.batches += 1
     return ranges
+
+
+def _with_reductions(model, names: list[str], types: dict[str, int]):
+    """``model`` without its initializers (see ``onnx_utils.write_with_weights``) whose outputs are
+    max x, min x and Σx (float32 scalars) of each of ``names``."""
+    from onnx import helper
+
+    augmented = ox.without_initializers(model)
+    graph = augmented.graph
+    taken = {n for node in graph.node for n in list(node.input) + list(node.output)} \
+        | {i.name for i in graph.input} | {i.name for i in model.graph.initializer} | {n.name for n in graph.node}
+    wanted = set(names)
+    stats: dict[str, tuple[str, str, str]] = {}
+
+    def reductions(name: str) -> list:
+        # max x, min x and Σx: no full-size temporary
+        high, low, check = (ox.unique_name(f"{name}/range_{s}", taken) for s in ("max", "min", "sum"))
+        nodes, source = [], name
+        if types.get(name) != TensorProto.FLOAT:  # reduced in fp32, where the sum does not overflow
+            source = ox.unique_name(f"{name}/range_f32", taken)
+            nodes.append(helper.make_node("Cast", [name], [source], name=source, to=TensorProto.FLOAT))
+        stats[name] = (high, low, check)
+        return nodes + [helper.make_node(op, [source], [out], name=out, keepdims=0)
+                        for op, out in (("ReduceMax", high), ("ReduceMin", low), ("ReduceSum", check))]
+
+    # each tensor's reductions right after its producer: ONNX Runtime runs nodes in this order, and a
+    # tensor is freed once its last reader ran
+    nodes = [n for i in graph.input if i.name in wanted for n in reductions(i.name)]
+    for node in graph.node:
+        nodes.append(node)
+        nodes += [n for out in node.output if out in wanted and out not in stats for n in reductions(out)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.extend(helper.make_tensor_value_info(out, TensorProto.FLOAT, []) for outs in stats.values()
+                        for out in outs)
+    return augmented, {n: stats[n] for n in names if n in stats}
+
+
+def _run(sess, names: list[str], feed: dict, k: int) -> list:
+    try:
+        return sess.run(names, feed)
+    except DebertrtError:
+        raise
+    except Exception as exc:
+        raise DebertrtError(f"calibration batch {k}: ONNX Runtime failed on the fp32 graph: "
+                            f"{str(exc).splitlines()[0]}") from exc
+
+
+def _raise_non_finite(model, name: str, feed: dict, k: int, graph: str, advice: str, tmp: str) -> None:
+    """Rerun batch ``k`` with ``name`` itself as an output and say where and what is not finite."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if name not in {o.name for o in probe.graph.output}:
+        vi = onnx.ValueInfoProto(name=name)
+        vi.type.tensor_type.elem_type = value_types(model)[name].tensor_type.elem_type
+        probe.graph.output.append(vi)
+    value = np.asarray(_run(ort_session(probe, base_dir=tmp), [name], feed, k)[0])
+    finite = np.isfinite(value)
+    if finite.all():
+        return  # only the sum of |x| overflowed
+    node = ox.producers(model.graph).get(name)
+    what = f"{node.op_type} node {node.name!r}" if node is not None else "the graph"
+    kind = "NaN" if np.isnan(value).any() else "inf"
+    raise DebertrtError(
+        f"calibration batch {k}: tensor {name!r} (output of {what}) holds {kind} in the {graph} graph "
+        f"({int((~finite).sum())} of {value.size} values); {advice}")

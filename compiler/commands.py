@@ -139,7 +139,7 @@ def parity(args) -> int:
 def build(args) -> int:
     from debertrt.core.models import load_model
 
-    from .pipeline import PRECISIONS, BuildOptions, build
+    from .pipeline import PRECISIONS, BuildOptions, build, cost_lines
 
     options = BuildOptions(precisions=tuple(args.precision or PRECISIONS), backend=args.backend,
                            profiles=tuple(args.profile or ()), export=_export_options(args),
@@ -147,9 +147,10 @@ def build(args) -> int:
                            plugin_library=args.plugin_library, fuse=args.fuse)
     ref = load_model(args.model, args.task)
     purposes = ["parity"] if set(options.precisions) == {"fp32"} else ["calibration", "fallback", "parity"]
-    result = build(ref, args.out, options, _datasets(args, ref, purposes, options.profiles))
+    result = build(ref, args.out, options, _datasets(args, ref, purposes, options.profiles), release_torch=True)
     for note in result.notes:
         print(f"note: {note}")
+    print("\n".join(["time and memory per stage:"] + cost_lines(result.costs)))
     _print_summary(result.parity, args.out / "parity")
     return _exit_code(result.parity)
 

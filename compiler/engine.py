@@ -35,6 +35,7 @@ from pathlib import Path
 
 from debertrt.core.artifacts import atomic_path, read_json, record_stage, sha256, write_json
 from debertrt.core.errors import DebertrtError
+from debertrt.core.resources import measured
 from debertrt.runtime.engine_json import ENGINE_FORMAT
 from debertrt.runtime.profiles import DEFAULT_PROFILE, Profile
 from debertrt.runtime.tensorrt import (Flavour, dtype_name, find_plugin_library, flavour, load_plugin_library,
@@ -172,7 +173,7 @@ def plugin_dtype_problem(path: str | os.PathLike, info: GraphInfo) -> str | None
 
 
 # ---- the build ------------------------------------------------------------------------
-
+@measured
 def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike,
                  options: EngineOptions = EngineOptions(), name: str = "engine") -> Path:
     """Build ``out_dir/<name>.plan`` and ``out_dir/<name>.json`` (atomically) from an ONNX artifact.

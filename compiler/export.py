@@ -20,6 +20,7 @@ import numpy as np
 from debertrt.core.artifacts import record_stage
 from debertrt.core.errors import DebertrtError
 from debertrt.core.models import ReferenceModel
+from debertrt.core.resources import measured
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
@@ -45,6 +46,7 @@ class ExportOptions:
             raise DebertrtError(f"opset {self.opset} is outside the supported range 14..23")
 
 
+@measured
 def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptions = ExportOptions()) -> Path:
     """Write ``out_dir/model.onnx`` (and ``model.onnx.data`` with external data) and its manifest."""
     import onnx
@@ -60,8 +62,8 @@ def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptio
     with tempfile.TemporaryDirectory(prefix=".export.", dir=out_dir) as staging:
         raw = Path(staging) / "raw.onnx"
         _run_exporter(ref, raw, options)
-        model = onnx.load(raw, load_external_data=True)
-        with staged_save(model, final, external) as staged:
+        # the only reference is staged_save's: the weights are freed before the validation run
+        with staged_save(onnx.load(raw, load_external_data=True), final, external) as staged:
             validation = validate_export(ref, staged) if options.validate else None
 
     outputs = {"model": final}

@@ -48,6 +48,27 @@ def reference_outputs(ref: ReferenceModel, dataset: Dataset) -> list[dict]:
                                                     leave=False, disable=log.quiet())]
 
 
+def save_reference(outputs: list[dict], path: str | os.PathLike) -> Path:
+    """The reference outputs as one ``.npz`` (``<batch>/<output>`` keys), so a build holds neither
+    them nor the PyTorch model through the heavy stages."""
+    from debertrt.core.artifacts import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"{k}/{name}": value for k, batch in enumerate(outputs) for name, value in batch.items()})
+    return path
+
+
+def load_reference(path: str | os.PathLike) -> list[dict]:
+    outputs: dict[int, dict] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            batch, name = key.split("/", 1)
+            outputs.setdefault(int(batch), {})[name] = data[key]
+    return [outputs[k] for k in sorted(outputs)]
+
+
 def check_artifact(ref: ReferenceModel, path: Path, dataset: Dataset, reference: list[dict],
                    precision: str | None = None, tolerance: Tolerance | None = None) -> dict:
     """Run one artifact over the dataset and judge it against the reference outputs."""
@@ -96,16 +117,22 @@ def check_artifact(ref: ReferenceModel, path: Path, dataset: Dataset, reference:
 
 
 def parity(ref: ReferenceModel, artifacts: list[str | os.PathLike], dataset: Dataset, report: str | os.PathLike,
-           precisions: list[str | None] | None = None, notes: list[str] | None = None) -> dict:
+           precisions: list[str | None] | None = None, notes: list[str] | None = None,
+           reference: list[dict] | None = None) -> dict:
     """Check each artifact; write ``report.json``, ``report.md`` and ``report_errors.png``. ``notes``: what the
-    stages before did not do and why (an engine built from another graph, say), listed in the report."""
+    stages before did not do and why (an engine built from another graph, say), listed in the report.
+    ``reference``: the PyTorch outputs on ``dataset`` when already computed (default: run them now)."""
     if not dataset.batches:
         raise DebertrtError("parity needs at least one input batch")
     report = Path(report)
     if report.suffix in (".json", ".md"):
         report = report.with_suffix("")
     precisions = precisions or [None] * len(artifacts)
-    reference = reference_outputs(ref, dataset)
+    if reference is None:
+        reference = reference_outputs(ref, dataset)
+    elif len(reference) != len(dataset.batches):
+        raise DebertrtError(f"{len(reference)} reference batches for {len(dataset.batches)} parity batches: "
+                            f"rerun the build into an empty directory")
     entries = [check_artifact(ref, Path(a), dataset, reference, p) for a, p in zip(artifacts, precisions)]
     errors = {Path(e["path"]).name: e.pop("_errors") for e in entries if "_errors" in e}
     verdict = overall([e["verdict"] for e in entries])

@@ -12,9 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from debertrt.core.artifacts import MANIFEST, read_json, record_stage
 from debertrt.core.compare import TOLERANCES
 from debertrt.core.errors import DebertrtError
 from debertrt.core.log import logger
+from debertrt.core.resources import measure, measured
 
 from .export import ExportOptions
 
@@ -63,21 +65,25 @@ class BuildResult:
     artifacts: list[Path]
     notes: list[str]
     parity: dict | None = None
+    costs: dict = field(default_factory=dict)  # stage -> manifest "resources" (wall, CPU, peak RSS) of this build
 
 
 def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict,
-          report_name: str = "parity") -> BuildResult:
+          report_name: str = "parity", release_torch: bool = False) -> BuildResult:
     """Run every stage for ``ref`` into ``out_dir``; return the artifacts and the parity result.
 
     ``datasets``: purpose ("calibration", "fallback", "parity") -> ``core.data.Dataset``, disjoint;
-    calibration and fallback are needed only for fp16/int8."""
+    calibration and fallback are needed only for fp16/int8. The PyTorch outputs on the parity set
+    are computed once, right after the export, and kept in ``reference.npz``; ``release_torch``
+    then drops ``ref.module`` so that the ONNX stages do not hold a second copy of the weights."""
     from debertrt.core.data import check_sequence
 
     from .export import export
-    from .parity import parity
+    from .parity import load_reference, parity
     from .rewrite import rewrite
 
     out_dir = Path(out_dir)
+    before = _stage_costs(out_dir)
     longest = longest_sequence(ref, options, datasets)
     if longest:
         check_sequence(ref, longest)  # a model with an absolute position table refuses before any work
@@ -87,6 +93,12 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
 
     logger.info("[1/%d] export %s (%s) -> %s", steps, ref.name, ref.task, out_dir)
     model = export(ref, out_dir, options.export)
+    reference = _reference(ref, datasets["parity"], out_dir)
+    if release_torch:
+        from debertrt.core.resources import release_memory
+
+        ref.module = None
+        release_memory()
     logger.info("[2/%d] rewrite (--fuse %s) -> plugin graph", steps, options.fuse)
     plugin_model = rewrite(model, max_sequence=longest, fuse=options.fuse).path
 
@@ -108,8 +120,42 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
 
     logger.info("[%d/%d] parity against PyTorch fp32", steps, steps)
     artifacts = [path for pair in graphs.values() for path in pair] + engines
-    result = parity(ref, artifacts, datasets["parity"], out_dir / report_name, notes=notes)
-    return BuildResult(artifacts, notes, result)
+    with measure():
+        report = out_dir / report_name
+        result = parity(ref, artifacts, datasets["parity"], report, notes=notes,
+                        reference=load_reference(reference))
+        record_stage(out_dir, "parity", inputs={"artifacts": [p.name for p in artifacts], "reference": reference.name},
+                     options={"data": datasets["parity"].describe()},
+                     outputs={"report": report.with_suffix(".json")}, extra={"verdict": result["verdict"]})
+    costs = {stage: cost for stage, cost in _stage_costs(out_dir).items() if cost != before.get(stage)}
+    return BuildResult(artifacts, notes, result, costs)
+
+
+@measured
+def _reference(ref, dataset, out_dir: Path) -> Path:
+    """The PyTorch fp32 outputs on the parity set, once per build, saved beside the artifacts."""
+    from .parity import reference_outputs, save_reference
+
+    path = save_reference(reference_outputs(ref, dataset), out_dir / "reference.npz")
+    record_stage(out_dir, "reference", inputs={"model": ref.name, "task": ref.task},
+                 options={"data": dataset.describe()}, outputs={"outputs": path})
+    return path
+
+
+def _stage_costs(out_dir: Path) -> dict:
+    try:
+        stages = read_json(out_dir / MANIFEST)["stages"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {name: entry["resources"] for name, entry in stages.items() if "resources" in entry}
+
+
+def cost_lines(costs: dict) -> list[str]:
+    """The cost of each stage as aligned lines, for the build's summary."""
+    lines = [f"  {'stage':<28} {'wall':>9} {'CPU':>9} {'peak RSS':>10}"]
+    for stage, c in costs.items():
+        lines.append(f"  {stage:<28} {c['wall_s']:>7.1f} s {c['cpu_s']:>7.1f} s {c['peak_rss_mib'] / 1024:>6.2f} GiB")
+    return lines
 
 
 def longest_sequence(ref, options: BuildOptions, datasets: dict) -> int | None:

@@ -44,6 +44,7 @@ from debertrt.plugins.spec import DOMAIN, OP_TYPE
 from debertrt.core import onnx_utils as ox
 from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, write_json
 from debertrt.core.errors import DebertrtError, InternalError
+from debertrt.core.resources import measured
 from .model_facts import ModelFacts, config_from_dict
 from .patterns import LayerMatch, PatternError, find_disentangled_attention
 from .pipeline import FUSE_CHOICES
@@ -64,6 +65,7 @@ def report_path_for(out_path: str | os.PathLike) -> Path:
     return sibling(out_path, REPORT_SUFFIX)
 
 
+@measured
 def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, config=None,
             max_sequence: int | None = None, fuse: str = "gathers") -> StageResult:
     """Write ``DIR/model.plugin.onnx`` (one DisentangledAttention node per layer) and its report;
@@ -109,7 +111,7 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     layers = match(graph, facts, scopes)
     blocks = fused.match_blocks(layers) if fuse == "attention" else []
     table = relative_position_table(facts, longest)
-    probes = Probe(onnx_path, facts, longest)
+    probes = Probe(onnx_path, facts, longest, model)
     probes.run(layers, fused.probe_plan(blocks, facts, probes.sequences) if blocks else None)
     reports = [check_layer(layer, probes, facts, table) for layer in layers]
     if fuse == "attention":

@@ -22,8 +22,9 @@ SCALE_RTOL = 1e-5
 class Probe:
     """Evaluate chosen tensors of the *original* graph with ONNX Runtime at two sequence lengths."""
 
-    def __init__(self, onnx_path: Path, facts: ModelFacts, max_sequence: int | None = None):
+    def __init__(self, onnx_path: Path, facts: ModelFacts, max_sequence: int | None = None, model=None):
         self.onnx_path = onnx_path
+        self.model = model  # the graph at onnx_path, already loaded with its weights (else read from disk)
         self.facts = facts
         long = min(max_sequence or facts.max_position_embeddings, LONG_PROBE_CAP)
         self.sequences = tuple(sorted({min(SHORT_PROBE, long), long}))
@@ -56,12 +57,17 @@ class Probe:
                 short_only.append(found[2])
         everywhere = _unique(t for t in everywhere if constant_value(t) is None)
         short_only = _unique(t for t in short_only + everywhere if constant_value(t) is None)
-        model = onnx.load(str(self.onnx_path), load_external_data=False)
+        from debertrt.core import onnx_utils as ox
+
+        if self.model is not None:
+            model = ox.without_initializers(self.model)  # the weights are streamed to the session's file
+        else:
+            model = onnx.load(str(self.onnx_path), load_external_data=False)
         outputs = {o.name for o in model.graph.output}
         for t in _unique(short_only + [t for ts in extra.values() for t in ts]):
             if t.name not in outputs:
                 model.graph.output.append(onnx.ValueInfoProto(name=t.name))
-        session = probe_session(model, self.onnx_path.parent)
+        session = probe_session(model, self.onnx_path.parent, self.model)
         for sequence in sorted(set(self.sequences) | set(extra)):
             wanted = short_only if sequence == self.sequences[0] else everywhere if sequence in self.sequences else []
             names = [t.name for t in _unique(wanted + extra.get(sequence, []))]
@@ -83,15 +89,22 @@ def _unique(tensors):
     return out
 
 
-def probe_session(model, base_dir: Path):
+def probe_session(model, base_dir: Path, weights=None):
+    """A session of ``model``, with the initializers of ``weights`` when it has none of its own."""
+    import tempfile
+
     import onnxruntime as ort
 
+    from debertrt.core import onnx_utils as ox
     from debertrt.plugins.ort import ort_session
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort_session(model, base_dir, options=options)
+    if weights is None:
+        return ort_session(model, base_dir, options=options)
+    with tempfile.TemporaryDirectory(prefix=".probe.", dir=base_dir) as tmp:
+        return ort_session(ox.write_with_weights(model, weights, Path(tmp) / "probe.onnx"), options=options)
 
 
 _NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,

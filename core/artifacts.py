@@ -133,7 +133,8 @@ MANIFEST = "manifest.json"
 def record_stage(out_dir: str | os.PathLike, stage: str, inputs: dict, options: dict,
                  outputs: dict[str, str | os.PathLike], extra: dict | None = None) -> Path:
     """Record in ``out_dir/manifest.json`` what a stage read, how it was asked, which
-    versions ran and what it wrote (with hashes), keeping the other stages' entries."""
+    versions ran and what it wrote (with hashes), keeping the other stages' entries; inside
+    ``core.resources.measure`` also what it cost (``resources``: wall, CPU, peak RSS)."""
     path = Path(out_dir) / MANIFEST
     data = read_json(path) if path.is_file() else {"stages": {}}
     entry = {
@@ -146,6 +147,11 @@ def record_stage(out_dir: str | os.PathLike, stage: str, inputs: dict, options: 
                              "onnx-graphsurgeon", "tensorrt", "tensorrt-rtx-cu13-bindings"),
     }
     entry.update(extra or {})
+    from .resources import current
+
+    cost = current()
+    if cost is not None:  # read last, so the hashing above counts too
+        entry["resources"] = cost
     data["stages"][stage] = entry
     return write_json(path, data)
 

@@ -44,8 +44,9 @@ def load(path: str | os.PathLike, external_data: bool = True) -> onnx.ModelProto
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """Half the protobuf limit leaves room for the graph itself."""
-    return model.ByteSize() > PROTOBUF_LIMIT // 2
+    """Half the protobuf limit leaves room for the graph itself (``ByteSize`` would serialize the model:
+    seconds on a large one; the weights decide)."""
+    return weight_bytes(model) > PROTOBUF_LIMIT // 2
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
@@ -53,10 +54,92 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def write_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool) -> None:
-    """``onnx.save_model`` with the weights in ``<name>.data`` beside the graph when ``external``."""
+    """Write ``model`` to ``path``, its weights in ``<name>.data`` beside it when ``external``; one
+    initializer at a time, never a serialized copy of the whole model, and ``model`` unchanged."""
     path = Path(path)
-    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    if external:
+        write_with_weights(without_initializers(model), model, path)
+        return
+    structure = without_initializers(model)
+    graph = structure.graph.SerializeToString()
+    structure.ClearField("graph")
+    sizes = [len(init.SerializeToString()) for init in model.graph.initializer]  # a first pass for the length
+    length = len(graph) + sum(1 + len(_varint(n)) + n for n in sizes)
+    with open(path, "wb") as f:
+        f.write(structure.SerializeToString())
+        f.write(b"\x3a" + _varint(length))  # ModelProto.graph: field 7, length-delimited
+        f.write(graph)
+        for init in model.graph.initializer:
+            data = init.SerializeToString()
+            f.write(b"\x2a" + _varint(len(data)))  # GraphProto.initializer: field 5, length-delimited
+            f.write(data)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every initializer, as an inference session holds them."""
+    return sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with everything but ``graph.initializer``: copying it copies no weights."""
+    copy = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name != "graph":
+            target = getattr(copy, fd.name)
+            if hasattr(value, "extend"):  # a repeated field
+                target.extend(value)
+            elif fd.type == fd.TYPE_MESSAGE:
+                target.CopyFrom(value)
+            else:
+                setattr(copy, fd.name, value)
+    for fd, value in model.graph.ListFields():
+        if fd.name == "initializer":
+            continue
+        if hasattr(value, "extend"):
+            getattr(copy.graph, fd.name).extend(value)
+        else:
+            setattr(copy.graph, fd.name, value)
+    return copy
+
+
+def write_with_weights(structure: onnx.ModelProto, weights: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``structure`` (a model without initializers) with the initializers of ``weights`` to ``path``,
+    each float weight streamed into ``<name>.data``: one tensor at a time, neither model changed (``onnx.save``
+    with external data clears the bytes of the model it is given)."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    graph = onnx.GraphProto()
+    with open(data, "wb") as f:
+        for init in weights.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL or init.data_type not in FLOAT_TYPES \
+                    or int(np.prod(init.dims)) <= 256:
+                graph.initializer.add().CopyFrom(init)  # small, or already on disk (relative to its folder)
+                continue
+            raw = init.raw_data if init.HasField("raw_data") else numpy_helper.to_array(init).tobytes()
+            offset = f.tell()
+            f.write(raw)
+            f.write(b"\0" * (-f.tell() % 64))  # aligned, so ONNX Runtime can map it
+            out = graph.initializer.add()
+            out.name, out.data_type = init.name, init.data_type
+            out.dims.extend(init.dims)
+            for key, value in (("location", data.name), ("offset", offset), ("length", len(raw))):
+                out.external_data.add(key=key, value=str(value))
+            out.data_location = onnx.TensorProto.EXTERNAL
+    model = onnx.ModelProto()
+    model.CopyFrom(structure)
+    model.graph.initializer.extend(graph.initializer)
+    onnx.save_model(model, str(path))
+    return path
 
 
 @contextlib.contextmanager
@@ -74,6 +157,7 @@ def staged_save(model: onnx.ModelProto, final: str | os.PathLike, external: bool
     try:
         staged = staging / final.name
         write_model(model, staged, external)
+        del model  # written: a caller that passed the only reference frees it while the file is checked
         if check:
             try:
                 onnx.checker.check_model(str(staged), full_check=check == "full")

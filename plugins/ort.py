@@ -36,6 +36,7 @@ from .graph_types import elem_types, is_plugin_node, op_spec_of
 from .spec import DISENTANGLED_ATTENTION, DISENTANGLED_FLASH_ATTENTION, OpSpec
 
 PYOP_DOMAIN = "ai.onnx.contrib"
+SERIALIZE_LIMIT = 256 * 1024**2  # larger in-memory models reach ONNX Runtime through a file, not a bytes copy
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,19 @@ def _options(threads: int | None = None):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    return options
+
+
+def one_shot_options(threads: int | None = None):
+    """Options for a session that runs a few large batches once (calibration, checks, scoring): no
+    memory-pattern plan (sized for the largest shape seen, then kept) and no arena (it keeps what the
+    largest batch took until the session closes), and an execution order that frees activations sooner."""
+    import onnxruntime as ort
+
+    options = _options(threads)
+    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # measured: a lower peak than the default
     return options
 
 
@@ -276,18 +290,20 @@ def _op_error(exc: BaseException):
 
 
 def session_for_model(model, base_dir: str | os.PathLike | None, options=None, session_class=None):
-    """A CPU session for an in-memory ``model``: as bytes when it can be, else through a hidden
-    temporary file in ``base_dir`` (beside its external data, or with its weights written as
-    external data when the protobuf would pass the 2 GiB limit), removed once the session has loaded."""
+    """A CPU session for an in-memory ``model``: as bytes when it is small, else through a hidden
+    temporary file in ``base_dir`` (beside its external data, or with its weights streamed beside it,
+    so that no serialized copy of them is held), removed once the session has loaded."""
     import onnxruntime as ort
 
-    from debertrt.core.onnx_utils import needs_external_data, uses_external_data, write_model
+    from debertrt.core.onnx_utils import (PROTOBUF_LIMIT, uses_external_data, weight_bytes, without_initializers,
+                                          write_model, write_with_weights)
 
     session_class = session_class or ort.InferenceSession
     options = options or _options()
     providers = ["CPUExecutionProvider"]
-    external, big = uses_external_data(model), needs_external_data(model)
-    if not external and not big:
+    external = uses_external_data(model)
+    size = 0 if external else weight_bytes(model)  # ByteSize() serializes: seconds on a large model
+    if not external and (size <= SERIALIZE_LIMIT or (base_dir is None and size < PROTOBUF_LIMIT)):
         return session_class(model.SerializeToString(), sess_options=options, providers=providers)
     if base_dir is None:
         raise DebertrtError("an in-memory model with external data needs the folder of its data (base_dir)")
@@ -295,7 +311,10 @@ def session_for_model(model, base_dir: str | os.PathLike | None, options=None, s
     os.close(fd)
     tmp = Path(tmp)
     try:
-        write_model(model, tmp, external=big)  # weights held in memory go beside it; external refs stay
+        if external:
+            write_model(model, tmp, external=False)  # the external references stay, relative to base_dir
+        else:
+            write_with_weights(without_initializers(model), model, tmp)
         return session_class(str(tmp), sess_options=options, providers=providers)
     finally:
         tmp.unlink(missing_ok=True)

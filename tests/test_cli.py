@@ -110,7 +110,14 @@ def test_main_job_runs_with_no_arguments(tmp_path):
     assert checked[:6] == onnx_artifacts  # every artifact is checked, not only the fp32 one
     assert all(e["verdict"] == "passed" for e in report["artifacts"] if e["status"] == "ran")
     stages = json.loads((out / "manifest.json").read_text())["stages"]
-    assert {"export", "rewrite"} <= set(stages)
+    assert {"export", "reference", "rewrite", "fp16", "int8", "parity"} <= set(stages)
+    for name, entry in stages.items():  # what each stage cost, and the summary shows it
+        cost = entry["resources"]
+        assert cost["wall_s"] > 0 and cost["cpu_s"] > 0, name
+        assert cost["peak_rss_mib"] >= cost["rss_start_mib"] > 0, name
+        assert any(line.split()[:1] == [name] for line in result.stdout.splitlines()), name
+    assert "time and memory per stage:" in result.stdout
+    assert (out / "reference.npz").is_file()  # PyTorch ran once, every artifact is judged against it
     if importlib.util.find_spec("tensorrt_rtx_bindings") or importlib.util.find_spec("tensorrt"):
         engines = sorted(p.name for p in out.glob("engine*.plan"))
         assert len(engines) == 3, engines
