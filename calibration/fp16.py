@@ -223,11 +223,14 @@ def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
     largest = collect_ranges(fp16_model, feed_list, halves, workdir, graph="fp16",
                              advice="fp16 overflows there: lower --fp16-threshold to keep more of the graph in fp32")
     with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
+        # one session at a time: the fp32 outputs of these few batches are small, two sessions' weights are not
         s32 = ort_session(fp32_model, base_dir=tmp, options=one_shot_options())
-        s16 = ort_session(fp16_model, base_dir=tmp, options=one_shot_options())
         names = [o.name for o in s32.get_outputs()]
-        for k, feed in enumerate(feed_list):
-            a, b = s32.run(names, feed), s16.run(names, feed)
+        expected = [s32.run(names, feed) for feed in feed_list]
+        del s32
+        s16 = ort_session(fp16_model, base_dir=tmp, options=one_shot_options())
+        for k, (feed, a) in enumerate(zip(feed_list, expected)):
+            b = s16.run(names, feed)
             for name, x, y in zip(names, a, b):
                 y = np.asarray(y, dtype=np.float32)
                 if not np.isfinite(y).all():

@@ -5,6 +5,8 @@ reset at each stage's start by writing ``5`` to ``/proc/self/clear_refs``; stage
 runs export, rewrite, ...), so a stage that starts inside another first folds the mark into the
 outer one's peak. Where the reset is not allowed the lifetime peak (``ru_maxrss``) is reported,
 marked as such. Child processes count through ``RUSAGE_CHILDREN`` (CPU time, largest child's peak).
+The reset also resets what ``getrusage(RUSAGE_SELF).ru_maxrss`` (and a parent's ``wait4``) reports
+for the process: the peak of a whole run is the largest of its stages' peaks.
 """
 
 from __future__ import annotations
