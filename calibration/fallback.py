@@ -16,7 +16,6 @@ import numpy as np
 
 from debertrt.core import onnx_utils as ox
 from debertrt.core.compare import LABELLED_TASKS, TaskAgreement, accuracy, predictions, row_cosines
-from debertrt.core.errors import DebertrtError, first_line
 from debertrt.plugins.ort import one_shot_options, ort_session
 
 from .data import feeds
@@ -60,17 +59,8 @@ class Scorer:
 
     def _run(self, model) -> list[dict]:
         sess = ort_session(model, base_dir=self.tmp, options=one_shot_options())
-        names = [o.name for o in sess.get_outputs()]
-        outs = []
-        for k, feed in enumerate(self.feeds):
-            try:
-                values = sess.run(names, feed)
-            except DebertrtError:
-                raise
-            except Exception as exc:
-                raise DebertrtError(f"fallback batch {k}: ONNX Runtime failed: {first_line(exc)}") from exc
-            outs.append({n: np.asarray(v, np.float32) for n, v in zip(names, values)})
-        return outs
+        return [{n: np.asarray(v, np.float32) for n, v in out.items()}
+                for out in ox.run_batches(sess, self.feeds, what="fallback batch")]
 
     def score_outputs(self, outputs: list[dict]) -> tuple[float, float]:
         """(task metric, mean squared output error vs fp32)."""

@@ -206,19 +206,24 @@ def test_a_small_attention_graph_rewrites_exactly(tmp_path, sequence):
     assert np.isfinite(got).all() and np.abs(want - got).max() <= 1e-6
 
 
-@pytest.mark.parametrize("defect, message", [
-    ("abs-on-index", r"layer\.1\b.*unrecognised.*Abs"),
-    ("clamp-short", r"layer\.1\b.*GatherElements.*is not clamp.*S=64"),  # only long sequences reach the clamp
-    ("span-off-by-one", r"layer\.0\b.*span at S=5 is 7.*config says 8"),
-    ("unscaled", r"layer\.1\b.*scales the positional terms by 1 .*gives 0\.204"),
-    ("swapped", r"layer\.1\b.*gathers the p2c way but its result is not transposed"),
+@pytest.mark.parametrize("fuse, defect, message", [
+    ("gathers", "abs-on-index", r"layer\.1\b.*unrecognised.*Abs"),
+    ("gathers", "clamp-short", r"layer\.1\b.*GatherElements.*is not clamp.*S=64"),  # only long sequences reach it
+    ("gathers", "span-off-by-one", r"layer\.0\b.*span at S=5 is 7.*config says 8"),
+    ("gathers", "unscaled", r"layer\.1\b.*scales the positional terms by 1 .*gives 0\.204"),
+    ("gathers", "swapped", r"layer\.1\b.*gathers the p2c way but its result is not transposed"),
+    ("attention", "unscaled", r"layer\.1\b.*scales the positional terms by 1 "),
+    ("attention", "c2c-unscaled", r"layer\.1\b.*scales q·kᵀ by 1 on q and 1 on k.*gives 1 on q and 0\.204"),
+    ("attention", "swapped", r"layer\.1\b.*gathers the p2c way"),
+    ("attention", "unmasked", r"layer\.1\b.*unrecognised attention block.*flow into Softmax"),
 ])
-def test_a_planted_defect_is_refused_naming_the_layer(tmp_path, defect, message):
+def test_a_planted_defect_is_refused_naming_the_layer(tmp_path, fuse, defect, message):
     path = attention_graphs.build(tmp_path, defect=defect)
     with pytest.raises(DebertrtError, match=message) as error:
-        rewrite(path)
+        rewrite(path, fuse=fuse)
     assert "\n" not in str(error.value)
-    assert not (tmp_path / "model.plugin.onnx").exists() and not (tmp_path / "model.plugin.rewrite.json").exists()
+    written = "model.plugin*" if fuse == "gathers" else "model.flash*"
+    assert not list(tmp_path.glob(written))
 
 
 def test_missing_layers_are_counted(tmp_path):
