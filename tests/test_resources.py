@@ -47,7 +47,9 @@ def _inference_growth(onnx_path, feed: dict, tmp_path) -> int:
 def test_a_stage_records_its_cost_and_holds_about_one_inference(exported, tmp_path):
     """At 8 x 256 tokens every intermediate of an 8-layer tiny model takes ~1.3 GiB at once (what range
     collection held when it fetched them all), one inference ~100-300 MiB: the fp16 stage, whose range
-    collection and checks run the graph three times, must stay within a few inferences."""
+    collection and checks run the graph three times, must stay within a few inferences (six, and 128 MiB
+    for the allocator: one inference measures 80-300 MiB from run to run, and the bound stays under
+    the 1.3 GiB of holding every intermediate)."""
     layers = {"num_hidden_layers": 8}
     onnx_path = exported(PRESET, TASK, "torchscript", layers)
     ref = load_model(PRESET, TASK, config_overrides=layers)
@@ -60,7 +62,7 @@ def test_a_stage_records_its_cost_and_holds_about_one_inference(exported, tmp_pa
     cost = read_json(tmp_path / "manifest.json")["stages"]["fp16"]["resources"]
     assert cost["wall_s"] > 0 and cost["cpu_s"] > 0 and cost["peak_scope"] == "stage"
     growth = (cost["peak_rss_mib"] - cost["rss_start_mib"]) * MIB
-    bound = 4 * inference + 64 * MIB + 16 * onnx_path.stat().st_size
+    bound = 6 * inference + 128 * MIB + 16 * onnx_path.stat().st_size
     assert growth <= bound, f"fp16 stage grew {growth / MIB:.0f} MiB, one inference {inference / MIB:.0f} MiB"
 
 
