@@ -91,20 +91,16 @@ def _unique(tensors):
 
 def probe_session(model, base_dir: Path, weights=None):
     """A session of ``model``, with the initializers of ``weights`` when it has none of its own."""
-    import tempfile
-
     import onnxruntime as ort
 
-    from debertrt.core import onnx_utils as ox
-    from debertrt.plugins.ort import ort_session
+    from debertrt.plugins.ort import ort_session, session_for_model
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if weights is None:
         return ort_session(model, base_dir, options=options)
-    with tempfile.TemporaryDirectory(prefix=".probe.", dir=base_dir) as tmp:
-        return ort_session(ox.write_with_weights(model, weights, Path(tmp) / "probe.onnx"), options=options)
+    return session_for_model(model, base_dir, options, weights=weights)
 
 
 _NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,

@@ -289,10 +289,11 @@ def _op_error(exc: BaseException):
     return DebertrtError(f"a plugin reference op failed: {type(exc).__name__}: {exc}")
 
 
-def session_for_model(model, base_dir: str | os.PathLike | None, options=None, session_class=None):
+def session_for_model(model, base_dir: str | os.PathLike | None, options=None, session_class=None, weights=None):
     """A CPU session for an in-memory ``model``: as bytes when it is small, else through a hidden
     temporary file in ``base_dir`` (beside its external data, or with its weights streamed beside it,
-    so that no serialized copy of them is held), removed once the session has loaded."""
+    so that no serialized copy of them is held), removed once the session has loaded. ``weights``: a
+    model whose initializers ``model`` (then one without its own, e.g. with outputs added) runs with."""
     import onnxruntime as ort
 
     from debertrt.core.onnx_utils import (PROTOBUF_LIMIT, uses_external_data, weight_bytes, without_initializers,
@@ -301,9 +302,13 @@ def session_for_model(model, base_dir: str | os.PathLike | None, options=None, s
     session_class = session_class or ort.InferenceSession
     options = options or _options()
     providers = ["CPUExecutionProvider"]
-    external = uses_external_data(model)
-    size = 0 if external else weight_bytes(model)  # ByteSize() serializes: seconds on a large model
+    separate = weights is not None
+    weights = weights if separate else model
+    external = uses_external_data(weights)
+    size = 0 if external else weight_bytes(weights)  # ByteSize() serializes: seconds on a large model
     if not external and (size <= SERIALIZE_LIMIT or (base_dir is None and size < PROTOBUF_LIMIT)):
+        if separate:
+            model = _with_initializers(model, weights)
         return session_class(model.SerializeToString(), sess_options=options, providers=providers)
     if base_dir is None:
         raise DebertrtError("an in-memory model with external data needs the folder of its data (base_dir)")
@@ -311,11 +316,20 @@ def session_for_model(model, base_dir: str | os.PathLike | None, options=None, s
     os.close(fd)
     tmp = Path(tmp)
     try:
-        if external:
+        if external and not separate:
             write_model(model, tmp, external=False)  # the external references stay, relative to base_dir
         else:
-            write_with_weights(without_initializers(model), model, tmp)
+            write_with_weights(model if separate else without_initializers(model), weights, tmp)
         return session_class(str(tmp), sess_options=options, providers=providers)
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
+
+
+def _with_initializers(structure, weights):
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(structure)
+    model.graph.initializer.extend(weights.graph.initializer)
+    return model
