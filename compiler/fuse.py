@@ -210,22 +210,25 @@ def confirm_lengths(facts: ModelFacts, sequences) -> tuple[int, ...]:
     return tuple(sorted({min(CONFIRM_SHORT, longest), long}))
 
 
-def confirm(onnx_path, fused_model, blocks: list[AttentionBlock], facts: ModelFacts, sequences) -> dict:
-    """Every layer's context of the fused graph against the original's on padding extremes; raises naming
-    the first layer that differs. Returns the lengths, rows and max abs error per layer."""
+def confirm(onnx_path, original_model, fused_model, blocks: list[AttentionBlock], facts: ModelFacts,
+            sequences) -> dict:
+    """Every layer's context of the fused graph against the original's (``original_model``, loaded from
+    ``onnx_path`` with its weights) on padding extremes; raises naming the first layer that differs.
+    Returns the lengths, rows and max abs error per layer."""
     import onnx
 
+    from debertrt.core import onnx_utils as ox
     from debertrt.core.data import TokenSpace, padding_extremes
     from debertrt.plugins.ort import ort_session
 
     names = [b.context.name for b in blocks]
-    original = onnx.load(str(onnx_path), load_external_data=False)
+    original = ox.without_initializers(original_model)  # runs with original_model's weights, not a copy
     fused = onnx.ModelProto()
     fused.CopyFrom(fused_model)
     for model in (original, fused):
         present = {o.name for o in model.graph.output}
         model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    plain = probe_session(original, onnx_path.parent)
+    plain = probe_session(original, onnx_path.parent, weights=original_model)
     flash = ort_session(fused, onnx_path.parent)
     graph_inputs = plain.get_inputs()
     space = TokenSpace(tuple(i.name for i in graph_inputs), max(facts.vocab_size, 2),

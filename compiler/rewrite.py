@@ -134,7 +134,7 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     new_model = gs.export_onnx(graph)
     if not any(o.domain == DOMAIN for o in new_model.opset_import):
         new_model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
-    confirmed = fused.confirm(onnx_path, new_model, blocks, facts, probes.sequences) if blocks else None
+    confirmed = fused.confirm(onnx_path, model, new_model, blocks, facts, probes.sequences) if blocks else None
     ox.save(new_model, out_path, external=external or None, check=None)
 
     report = {
