@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
-from debertrt.core.errors import DebertrtError
+from debertrt.core.errors import DebertrtError, first_line
 from debertrt.core.resources import BatchForecast, require_memory
 
 from debertrt.core import onnx_utils as ox
 from debertrt.plugins.ort import one_shot_options, ort_session
 from debertrt.plugins.graph_types import value_types
-
 
 
 @dataclass
@@ -80,7 +79,7 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
                                  "use a smaller --batch-size or --max-length (or fewer --batches)")
         for k, feed in enumerate(feed_list):
             with forecast.batch(feed, k):
-                values = dict(zip(fetch, _run(sess, fetch, feed, k)))
+                values = dict(zip(fetch, _run(sess, fetch, feed, k, graph)))
             for name, (high, low, check) in stats.items():
                 amax = max(float(values[high]), -float(values[low]))
                 # an inf shows in the max or min, a NaN in the sum (an inf sum of finite values, e.g. of
@@ -129,14 +128,14 @@ def _with_reductions(model, names: list[str], types: dict[str, int]):
     return augmented, {n: stats[n] for n in names if n in stats}
 
 
-def _run(sess, names: list[str], feed: dict, k: int) -> list:
+def _run(sess, names: list[str], feed: dict, k: int, graph: str) -> list:
     try:
         return sess.run(names, feed)
     except DebertrtError:
         raise
     except Exception as exc:
-        raise DebertrtError(f"calibration batch {k}: ONNX Runtime failed on the fp32 graph: "
-                            f"{str(exc).splitlines()[0]}") from exc
+        raise DebertrtError(f"calibration batch {k}: ONNX Runtime failed on the {graph} graph: "
+                            f"{first_line(exc)}") from exc
 
 
 def _raise_non_finite(model, name: str, feed: dict, k: int, graph: str, advice: str, tmp: str) -> None:
@@ -149,10 +148,10 @@ def _raise_non_finite(model, name: str, feed: dict, k: int, graph: str, advice: 
         vi = onnx.ValueInfoProto(name=name)
         vi.type.tensor_type.elem_type = value_types(model)[name].tensor_type.elem_type
         probe.graph.output.append(vi)
-    value = np.asarray(_run(ort_session(probe, base_dir=tmp), [name], feed, k)[0])
+    value = np.asarray(_run(ort_session(probe, base_dir=tmp), [name], feed, k, graph)[0])
     finite = np.isfinite(value)
     if finite.all():
-        return  # only the sum of |x| overflowed
+        return  # only the sum overflowed (its partial sums reached +inf and -inf)
     node = ox.producers(model.graph).get(name)
     what = f"{node.op_type} node {node.name!r}" if node is not None else "the graph"
     kind = "NaN" if np.isnan(value).any() else "inf"
