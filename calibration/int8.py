@@ -121,8 +121,8 @@ def _prepare(model, tmp: Path):
             if out and out in types and out not in io_names:
                 prepared.graph.value_info.append(onnx.helper.make_value_info(out, types[out]))
     path = tmp / "prepared.onnx"
-    # weights streamed beside it: onnx.save_model with external data would clear the bytes of ``prepared``
-    return prepared, ox.write_with_weights(ox.without_initializers(prepared), prepared, path)
+    ox.write_model(prepared, path, external=True)  # weights streamed beside it, ``prepared`` unchanged
+    return prepared, path
 
 
 # ----------------------------------------------------------------------------- calibration
