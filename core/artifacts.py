@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from .resources import current
+
 CACHE_ENV = "DEBERTRT_CACHE"
 
 
@@ -147,8 +149,6 @@ def record_stage(out_dir: str | os.PathLike, stage: str, inputs: dict, options: 
                              "onnx-graphsurgeon", "tensorrt", "tensorrt-rtx-cu13-bindings"),
     }
     entry.update(extra or {})
-    from .resources import current
-
     cost = current()
     if cost is not None:  # read last, so the hashing above counts too
         entry["resources"] = cost
