@@ -145,7 +145,7 @@ def build(args) -> int:
                            profiles=tuple(args.profile or ()), export=_export_options(args),
                            method=args.method, max_accuracy_loss=args.max_accuracy_loss,
                            plugin_library=args.plugin_library, fuse=args.fuse)
-    ref = load_model(args.model, args.task)
+    ref = load_model(args.model, args.task, lazy=True)  # weights load where the export runs
     purposes = ["parity"] if set(options.precisions) == {"fp32"} else ["calibration", "fallback", "parity"]
     result = build(ref, args.out, options, _datasets(args, ref, purposes, options.profiles), release_torch=True)
     for note in result.notes:

@@ -58,7 +58,8 @@ def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptio
     final = out_dir / "model.onnx"
     external = options.external_data
     if external is None:
-        external = _weight_bytes(ref) > PROTOBUF_LIMIT // 2  # leave room for the graph itself
+        ref.torch_module()  # loaded: its fp32 parameters count, not a checkpoint's (maybe fp16) files
+        external = ref.weight_bytes() > PROTOBUF_LIMIT // 2  # leave room for the graph itself
     with tempfile.TemporaryDirectory(prefix=".export.", dir=out_dir) as staging:
         raw = Path(staging) / "raw.onnx"
         _run_exporter(ref, raw, options)
@@ -77,10 +78,6 @@ def export(ref: ReferenceModel, out_dir: str | os.PathLike, options: ExportOptio
                         "max_sequence": ref.max_sequence, "absolute_positions": ref.max_sequence is not None,
                         "config": ref.config.to_diff_dict(), "validation": validation})
     return final
-
-
-def _weight_bytes(ref: ReferenceModel) -> int:
-    return sum(p.numel() * p.element_size() for p in ref.module.parameters())
 
 
 def _example_inputs(ref: ReferenceModel):

@@ -8,6 +8,7 @@ sees: int8 calibration, the int8 fallback's scoring and parity use disjoint sets
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from debertrt.core.artifacts import MANIFEST, read_json, record_stage
 from debertrt.core.compare import TOLERANCES
 from debertrt.core.errors import DebertrtError
 from debertrt.core.log import logger
-from debertrt.core.resources import measure, measured
+from debertrt.core.child import run_in_child
+from debertrt.core.resources import MIB, measured
 
 from .export import ExportOptions
 
@@ -25,6 +27,9 @@ BACKEND_CHOICES = ("auto", "tensorrt", "tensorrt-rtx", "none")
 # what the rewrite folds into one plugin node per layer: the c2p/p2c gathers (model.plugin.onnx) or the
 # whole attention (model.flash.onnx)
 FUSE_CHOICES = ("gathers", "attention")
+# Weights above which each stage runs in its own child process (``core.child``): a full-size model's
+# stages would otherwise each start from what the previous ones left in the heap.
+ISOLATE_ABOVE = 256 * MIB
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class BuildOptions:
     max_accuracy_loss: float | None = 0.01
     plugin_library: str | os.PathLike | None = None
     fuse: str = "gathers"
+    isolate: bool | None = None       # each stage in a child process; None: when the weights exceed ISOLATE_ABOVE
 
     def __post_init__(self):
         unknown = set(self.precisions) - set(PRECISIONS)
@@ -78,10 +84,6 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
     then drops ``ref.module`` so that the ONNX stages do not hold a second copy of the weights."""
     from debertrt.core.data import check_sequence
 
-    from .export import export
-    from .parity import load_reference, parity
-    from .rewrite import rewrite
-
     out_dir = Path(out_dir)
     before = _stage_costs(out_dir)
     longest = longest_sequence(ref, options, datasets)
@@ -91,22 +93,26 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
     steps = 4 + (backend != "none")
     notes: list[str] = []
 
+    isolate = options.isolate if options.isolate is not None else ref.weight_bytes() > ISOLATE_ABOVE
+    run = run_in_child if isolate else _in_process
+
     logger.info("[1/%d] export %s (%s) -> %s", steps, ref.name, ref.task, out_dir)
-    model = export(ref, out_dir, options.export)
-    reference = _reference(ref, datasets["parity"], out_dir)
-    if release_torch:
+    model, reference = run("export", _export_and_reference, ref, out_dir, options.export, datasets["parity"])
+    if release_torch or isolate:  # the later stages need only what describes the model, not its weights
         from debertrt.core.resources import release_memory
 
-        ref.module = None
+        if release_torch:
+            ref.module = None
+        ref = dataclasses.replace(ref, module=None)
         release_memory()
     logger.info("[2/%d] rewrite (--fuse %s) -> plugin graph", steps, options.fuse)
-    plugin_model = rewrite(model, max_sequence=longest, fuse=options.fuse).path
+    plugin_model = run("rewrite", _rewrite, model, longest, options.fuse)
 
     logger.info("[3/%d] precision: %s", steps, ", ".join(options.precisions))
     graphs = {"fp32": (model, plugin_model)}
     for precision in options.precisions:
         if precision != "fp32":
-            graphs[precision] = tuple(_convert(precision, source, ref, datasets, options)
+            graphs[precision] = tuple(run(precision, _convert, precision, source, ref, datasets, options)
                                       for source in (model, plugin_model))
 
     engines: list[Path] = []
@@ -114,21 +120,46 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
         logger.info("[4/%d] engines (%s)", steps, backend)
         engines, engine_notes = _build_engines(graphs, out_dir, backend, options)
         notes += engine_notes
+    elif options.backend == "none":
+        notes.append("no engine built: --backend none")
     else:
         notes.append("no engine built: neither TensorRT nor TensorRT-RTX is installed "
                      "(pip install -e '.[rtx]' for TensorRT-RTX ahead-of-time builds)")
 
     logger.info("[%d/%d] parity against PyTorch fp32", steps, steps)
     artifacts = [path for pair in graphs.values() for path in pair] + engines
-    with measure():
-        report = out_dir / report_name
-        result = parity(ref, artifacts, datasets["parity"], report, notes=notes,
-                        reference=load_reference(reference))
-        record_stage(out_dir, "parity", inputs={"artifacts": [p.name for p in artifacts], "reference": reference.name},
-                     options={"data": datasets["parity"].describe()},
-                     outputs={"report": report.with_suffix(".json")}, extra={"verdict": result["verdict"]})
+    result = run("parity", _parity, ref, artifacts, datasets["parity"], out_dir / report_name, notes, reference)
     costs = {stage: cost for stage, cost in _stage_costs(out_dir).items() if cost != before.get(stage)}
     return BuildResult(artifacts, notes, result, costs)
+
+
+def _in_process(what: str, function, *args, **kwargs):
+    """``core.child.run_in_child``'s stand-in for a small model: the stage in this process."""
+    return function(*args, **kwargs)
+
+
+def _export_and_reference(ref, out_dir: Path, options: ExportOptions, dataset) -> tuple[Path, Path]:
+    """The two stages that need the PyTorch module: in one process, so its weights load once."""
+    from .export import export
+
+    return export(ref, out_dir, options), _reference(ref, dataset, out_dir)
+
+
+def _rewrite(model: Path, longest: int | None, fuse: str) -> Path:
+    from .rewrite import rewrite
+
+    return rewrite(model, max_sequence=longest, fuse=fuse).path
+
+
+@measured
+def _parity(ref, artifacts: list[Path], dataset, report: Path, notes: list[str], reference: Path) -> dict:
+    from .parity import load_reference, parity
+
+    result = parity(ref, artifacts, dataset, report, notes=notes, reference=load_reference(reference))
+    record_stage(report.parent, "parity", inputs={"artifacts": [p.name for p in artifacts], "reference": reference.name},
+                 options={"data": dataset.describe()},
+                 outputs={"report": report.with_suffix(".json")}, extra={"verdict": result["verdict"]})
+    return result
 
 
 @measured

@@ -39,6 +39,11 @@ def configure(verbosity: int = 0) -> None:
     logger.propagate = False
 
 
+def verbosity() -> int | None:
+    """What ``configure`` was given (None when it was not called): a child process logs the same way."""
+    return _verbosity if any(getattr(h, "_debertrt", False) for h in logger.handlers) else None
+
+
 def quiet() -> bool:
     """True after ``configure(-1)``: progress bars stay off too."""
     return _verbosity < 0

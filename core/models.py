@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DebertrtError, first_line
+from .errors import DebertrtError, InternalError, first_line
 
 # task -> (transformers Auto class name, output names in order)
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -81,12 +81,30 @@ class ReferenceModel:
     name: str                      # preset name or checkpoint path
     task: str
     config: object                 # transformers PretrainedConfig
-    module: object                 # torch.nn.Module
+    module: object                 # torch.nn.Module; None until ``torch_module()`` loads ``checkpoint``'s weights
     tokenizer: object | None = None
     tokenizer_source: str | None = None  # where the tokenizer came from (tokenizer.json, converted, slow ...)
     # a preset's own held-out examples: purpose ("calibration", "fallback", "parity") -> ``data.Dataset``,
     # disjoint sets used when no data file is given
     own_data: object | None = None
+    checkpoint: str | None = None  # the save_pretrained directory the weights come from, if any
+
+    def torch_module(self):
+        """The PyTorch module, its weights loaded from ``checkpoint`` on first use (a build whose stages
+        run in child processes never loads them in the parent)."""
+        if self.module is None:
+            if self.checkpoint is None:
+                raise InternalError(f"{self.name}: the PyTorch module was released and has no checkpoint")
+            self.module = _load_weights(Path(self.checkpoint), self.task)
+        return self.module
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights: the checkpoint's weight files, or the loaded module's parameters."""
+        if self.module is not None:
+            return sum(p.numel() * p.element_size() for p in self.module.parameters())
+        if self.checkpoint is not None:
+            return sum(f.stat().st_size for f in _weight_files(Path(self.checkpoint)))
+        return 0
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -130,7 +148,7 @@ class ReferenceModel:
 
         # eval() on the wrapper too: the torchscript exporter restores the *wrapper's* training
         # flag on every child afterwards, which would silently switch dropout back on.
-        return PositionalForward(self.module, self.output_names).eval()
+        return PositionalForward(self.torch_module(), self.output_names).eval()
 
 
 def input_names(config) -> tuple[str, ...]:
@@ -201,8 +219,9 @@ def build_from_config(config, task: str, seed: int = PRESET_SEED):
     return module.eval().float()
 
 
-def load_model(model: str, task: str, config_overrides: dict | None = None) -> ReferenceModel:
-    """Load ``model`` (a preset name, or a ``save_pretrained`` directory) with ``task``'s head."""
+def load_model(model: str, task: str, config_overrides: dict | None = None, lazy: bool = False) -> ReferenceModel:
+    """Load ``model`` (a preset name, or a ``save_pretrained`` directory) with ``task``'s head; ``lazy``:
+    a checkpoint's weights only on first use (``ReferenceModel.torch_module``)."""
     check_task(task)
     if model in EXTRA_PRESETS:
         module_name, _, function = EXTRA_PRESETS[model].partition(":")
@@ -214,7 +233,7 @@ def load_model(model: str, task: str, config_overrides: dict | None = None) -> R
         _check_supported(config, model)
         check_task_for(config, task, model)
         return ReferenceModel(model, task, config, build_from_config(config, task))
-    return _load_checkpoint(Path(model), task)
+    return _load_checkpoint(Path(model), task, lazy)
 
 
 # Presets that need more than a config: "module:function" taking the task, returning a
@@ -240,7 +259,7 @@ def load_hot_ffn(task: str) -> ReferenceModel:
     return ref
 
 
-def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
+def _load_checkpoint(path: Path, task: str, lazy: bool = False) -> ReferenceModel:
     if not path.is_dir():
         raise DebertrtError(
             f"checkpoint directory {str(path)!r} not found: pass a save_pretrained directory or a preset "
@@ -255,16 +274,24 @@ def _load_checkpoint(path: Path, task: str) -> ReferenceModel:
         raise DebertrtError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from exc
     _check_supported(config, str(path))
     check_task_for(config, task, str(path))
-    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-    if not weights:
+    if not _weight_files(path):
         raise DebertrtError(f"{str(path)!r} has no weights (*.safetensors or *.bin): save the model with save_pretrained")
+    module = None if lazy else _load_weights(path, task)
+    tokenizer, source = _load_tokenizer(path)
+    return ReferenceModel(str(path), task, config, module, tokenizer=tokenizer, tokenizer_source=source,
+                          checkpoint=str(path))
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+
+
+def _load_weights(path: Path, task: str):
     try:
         module = _auto_class(task).from_pretrained(path, local_files_only=True)
     except Exception as exc:
         raise DebertrtError(f"cannot load {task} weights from {str(path)!r}: {first_line(exc)}") from exc
-    tokenizer, source = _load_tokenizer(path)
-    return ReferenceModel(str(path), task, config, module.eval().float(), tokenizer=tokenizer,
-                          tokenizer_source=source)
+    return module.eval().float()
 
 
 def _load_tokenizer(path: Path) -> tuple[object | None, str | None]:

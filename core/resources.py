@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ class StageMeter:
         times = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = sum(t.ru_utime + t.ru_stime for t in times)
         child_peak = times[1].ru_maxrss * 1024
-        return {"wall_s": round(time.perf_counter() - self.start_wall, 3),
+        return {"pid": os.getpid(),  # a stage may run in a child process of the build (``core.child``)
+                "wall_s": round(time.perf_counter() - self.start_wall, 3),
                 "cpu_s": round(cpu - self.start_cpu, 3),
                 "rss_start_mib": round(self.start_rss / MIB, 1),
                 "peak_rss_mib": round(self.current_peak() / MIB, 1),
