@@ -56,6 +56,9 @@ def run_in_child(what: str, function, *args, **kwargs):
         message = receive.recv()
     except EOFError:
         message = None
+    except BaseException:  # Ctrl-C here: the child goes too, no orphan keeps working
+        process.kill()
+        raise
     finally:
         receive.close()
         process.join()
@@ -84,7 +87,7 @@ def _child_main(send, verbosity: int | None, function, args, kwargs) -> None:
         message = ("ok", function(*args, **kwargs))
     except DebertrtError as exc:
         message = ("error", exc)
-    except BaseException:  # a bug: the parent raises it with this traceback
+    except Exception:  # a bug: the parent raises it with this traceback
         message = ("bug", traceback.format_exc())
     try:
         send.send(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import heapq
 import os
 import re
@@ -331,7 +332,29 @@ def precision(model: onnx.ModelProto) -> str:
 
 
 def precision_of(path: str | os.PathLike) -> str:
-    return precision(load(path, external_data=False))
+    return precision(skeleton(path))
+
+
+def skeleton(path: str | os.PathLike) -> onnx.ModelProto:
+    """The model at ``path`` without its weights' bytes (initializers keep name, type and shape): what
+    tells its precision and whether it holds plugin nodes. Read once per file version: a parity run asks
+    both of every artifact, and parsing a full-size model takes seconds. Shared: do not modify it."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return load(path, external_data=False)  # the one-line "not found"
+    return _skeleton(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(path: str, size: int, mtime_ns: int) -> onnx.ModelProto:
+    model = load(path, external_data=False)
+    for init in model.graph.initializer:
+        init.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            init.ClearField(field)
+    return model
 
 
 def require_fp32(model: onnx.ModelProto, name: str, target: str) -> None:
