@@ -132,7 +132,7 @@ def inspect_onnx(path: str | os.PathLike) -> GraphInfo:
     from debertrt.plugins.graph_types import is_plugin_node, plugin_usage
 
     path = Path(path)
-    model = ox.load(path, external_data=False)
+    model = ox.skeleton(path)  # structure, types and shapes: no weights needed
     plugins = plugin_usage(model, str(path))
     manifest = path.parent / "manifest.json"
     export = {}
