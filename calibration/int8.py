@@ -4,10 +4,11 @@ Placement: ``calibration.qdq``. Ranges: for "max", the min and max that ``collec
 anyway (one pass; the thresholds ONNX Runtime's symmetric ``MinMaxCalibrater`` would give); for
 the others ONNX Runtime's calibrators (Percentile, Entropy; "mse" searches the clipping threshold
 minimising the expected squared error on the |x| histogram the Percentile calibrator collects).
-ONNX Runtime's ``QDQQuantizer`` writes the Q/DQ (format QDQ, int8 symmetric activations and
-per-channel symmetric weights, no bias quantization, no output quantization); a small pass then
-keeps DequantizeLinear outputs away from anything but MatMul/Gemm (ORT rewires every consumer
-of a quantized tensor).
+ONNX Runtime's ``QDQQuantizer`` writes the Q/DQ once, for every candidate (format QDQ, int8
+symmetric activations and per-channel symmetric weights, no bias quantization, no output
+quantization); a small pass then keeps DequantizeLinear outputs away from anything but the
+MatMul/Gemm nodes chosen (ORT rewires every consumer of a quantized tensor), which is also how
+each fallback trial is derived from that one quantized graph.
 
 Accuracy-driven fallback: ``calibration.fallback``.
 """
@@ -34,7 +35,7 @@ from . import graph as G
 from .data import BatchReader, default_dataset, check_dataset, feeds, vocab_size
 from .options import Int8Options
 from .fallback import Scorer, accuracy_fallback, group_nodes
-from .qdq import QUANTIZED_OPS, build_qdq, check_placement, quantizable_nodes
+from .qdq import QUANTIZED_OPS, build_qdq, check_placement, quantizable_nodes, restrict_qdq
 from .ranges import collect_ranges
 
 
@@ -91,7 +92,13 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
             tensors_range = calibrate(_write_prepared(prepared, tmp), calib_feeds, options, tmp)
         groups = group_nodes(prepared, candidates, options.granularity)
         scorer = Scorer(model, fallback_dataset, task, tmp)
-        build = lambda nodes: build_qdq(prepared, tensors_range, nodes, options.dedicated_qdq)  # noqa: E731
+        del model  # ``prepared`` is the copy the rest works on
+        # quantized once; a trial leaving groups in float gives their MatMuls the float tensors back
+        full = build_qdq(prepared, tensors_range, candidates, options.dedicated_qdq)
+
+        def build(nodes):
+            return full if len(nodes) == len(candidates) else restrict_qdq(full, prepared, nodes)
+
         final, fallback = accuracy_fallback(build, groups, scorer, options.max_accuracy_loss)
         placement = check_placement(final)
         ox.save(final, out, check="full")
