@@ -50,13 +50,17 @@ def int8_path_for(onnx_path: str | os.PathLike) -> Path:
 @measured
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None,
                   method: str | None = None, *, ref=None, task: str | None = None, fallback_dataset=None,
-                  options: Int8Options | None = None) -> StageResult:
+                  options: Int8Options | None = None,
+                  sibling_float_groups: dict[str, list[str]] | None = None) -> StageResult:
     """Write the int8 Q/DQ graph of ``onnx_path`` (default ``DIR/model.int8.onnx``), its report and manifest entry.
 
     ``dataset``: calibration batches; ``fallback_dataset``: what the accuracy-driven fallback
     scores. Both default to ``calibration.data.default_dataset`` (the preset's own held-out
     sets, or random batches from ``ref`` or the graph, a seed per purpose): the two never share
     examples, and neither is the parity set. ``task`` defaults to ``ref.task``.
+    ``sibling_float_groups``: what the int8 stage of another form of the same model (the plugin graph's
+    plain sibling) left in float, its summary's ``float_group_nodes`` (group -> MatMul/Gemm node names);
+    the fallback tries that decision first (``accuracy_fallback``).
     """
     options = options or Int8Options()
     if method is not None and method != options.method:
@@ -99,7 +103,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
         def build(nodes):
             return full if len(nodes) == len(candidates) else restrict_qdq(full, prepared, nodes)
 
-        final, fallback = accuracy_fallback(build, groups, scorer, options.max_accuracy_loss)
+        final, fallback = accuracy_fallback(build, groups, scorer, options.max_accuracy_loss,
+                                            sibling_float_groups)
         placement = check_placement(final)
         ox.save(final, out, check="full")
 
@@ -265,10 +270,13 @@ def _report(src, out, model, dataset, fallback_dataset, task, options, ranges, t
     if fallback["fp32"]:
         loss = (fallback["fp32"] - fallback["final"]) / fallback["fp32"]
     summary = {"method": options.method, "metric": fallback["metric"], "fp32": fallback["fp32"],
-               "int8_full": fallback["full"]["metric"], "int8": fallback["final"], "relative_loss": loss,
+               "int8_full": (fallback["full"] or {}).get("metric"), "int8": fallback["final"],
+               "relative_loss": loss,
                "within_budget": fallback["within_budget"], "quantized_matmuls": len(quantized),
                "candidate_matmuls": sum(len(n) for n in groups.values()),
                "float_groups": [l["group"] for l in layers if l["precision"] != "int8"],
+               "float_group_nodes": {g: [n for n in names if n not in quantized] for g, names in groups.items()
+                                     if any(n not in quantized for n in names)},
                "qdq": {"quantize_linear": placement["quantize_linear"],
                        "dequantize_linear": placement["dequantize_linear"],
                        "quantized_weights": placement["quantized_weights"]}}
@@ -304,6 +312,13 @@ def render_markdown(report: dict) -> str:
     ]
     lines += [f"| {l['group']} | {l['matmuls']} | {l['quantized']} | {l['precision']} |" for l in report["layers"]]
     lines += ["", "Left in higher precision: " + (", ".join(s["float_groups"]) or "none"), ""]
+    start = f.get("sibling")
+    if start:
+        verdict = "within budget here too: no search" if start["within_budget"] else \
+            "not within budget here: searched from the start"
+        missing = f" Groups not in this graph: {', '.join(start['unmatched'])}." if start["unmatched"] else ""
+        lines += [f"Started from a sibling graph's decision (left in float there: "
+                  f"{', '.join(start['float_groups']) or 'none'}): {start['metric']:.4f}, {verdict}.{missing}", ""]
     if f["trials"]:
         lines += ["## Fallback trials", "", "| left in float | metric | output MSE vs fp32 |", "|---|---|---|"]
         lines += [f"| {', '.join(t['excluded']) or '(none: all int8)'} | {t['metric']:.4f} | {t['mse']:.3g} |"
