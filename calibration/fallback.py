@@ -6,6 +6,11 @@ is measured for fp32 and the fully quantized graph; when the loss exceeds the bu
 each group of MatMuls (an encoder layer, or the pooler / classifier / embedding
 projections) is left in float alone to measure how much it costs, and groups are
 excluded most harmful first until the metric is within budget.
+
+A sibling graph's decision (the plugin graph reusing the plain graph's float groups) is tried
+first: when it is within budget here too, that one trial decides; else the search runs as above.
+It is matched by node name, not by group label: the rewrite keeps the MatMul/Gemm names but not
+the exporter's scope metadata, so a dynamo export's plugin graph has one group per node.
 """
 
 from __future__ import annotations
@@ -81,21 +86,43 @@ class Scorer:
         return self.score_outputs(self._run(model))
 
 
-def accuracy_fallback(build, groups: dict[str, list[str]], scorer: Scorer, max_loss: float | None):
+def accuracy_fallback(build, groups: dict[str, list[str]], scorer: Scorer, max_loss: float | None,
+                      sibling_float_groups: dict[str, list[str]] | None = None):
     """Quantize every group, then leave the most harmful groups in float until the metric is
-    within ``max_loss`` (relative) of fp32. Returns (model, record of what was measured)."""
+    within ``max_loss`` (relative) of fp32. Returns (model, record of what was measured).
+
+    ``sibling_float_groups``: a sibling graph's decision (group -> node names it left in float), scored
+    first (every group here holding one of those nodes left in float) when there is a budget; within
+    it, that is the result (one trial), else the search runs from the start (with the sibling's trial
+    as the fully quantized one when it left nothing in float)."""
     all_nodes = [n for names in groups.values() for n in names]
     fp32_metric = scorer.fp32[0]
     budget = None if max_loss is None else fp32_metric * (1 - max_loss)
     record = {"metric": scorer.metric, "fp32": fp32_metric, "budget": budget, "max_accuracy_loss": max_loss,
-              "groups": {g: len(n) for g, n in groups.items()}, "trials": [], "excluded": []}
-    model = build(all_nodes)
-    metric, err = scorer(model)
-    record["full"] = {"metric": metric, "mse": err}
-    record["trials"].append({"excluded": [], "metric": metric, "mse": err})
-    if budget is None or metric >= budget:
-        record.update(final=metric, final_mse=err, within_budget=budget is None or metric >= budget)
-        return model, record
+              "groups": {g: len(n) for g, n in groups.items()}, "trials": [], "excluded": [], "full": None}
+    if sibling_float_groups is not None and budget is not None:
+        wanted = {n for names in sibling_float_groups.values() for n in names}
+        hinted = [g for g, names in groups.items() if wanted & set(names)]
+        model = build([n for g, names in groups.items() if g not in hinted for n in names])
+        metric, err = scorer(model)
+        record["trials"].append({"excluded": hinted, "metric": metric, "mse": err})
+        here = set(all_nodes)
+        record["sibling"] = {"float_groups": list(sibling_float_groups), "matched": hinted,
+                             "unmatched": [g for g, names in sibling_float_groups.items() if not here & set(names)],
+                             "metric": metric, "mse": err, "within_budget": metric >= budget}
+        if not hinted:  # the sibling quantized everything: that trial is the fully quantized one
+            record["full"] = {"metric": metric, "mse": err}
+        if metric >= budget:
+            record.update(excluded=hinted, final=metric, final_mse=err, within_budget=True)
+            return model, record
+    if record["full"] is None:
+        model = build(all_nodes)
+        metric, err = scorer(model)
+        record["full"] = {"metric": metric, "mse": err}
+        record["trials"].append({"excluded": [], "metric": metric, "mse": err})
+        if budget is None or metric >= budget:
+            record.update(final=metric, final_mse=err, within_budget=True)
+            return model, record
 
     sensitivity = {}
     for group, names in groups.items():  # leave one group in float: what does it cost?

@@ -1,11 +1,14 @@
 """Precision stage, int8: ``model.onnx`` -> ``model.int8.onnx`` with explicit Q/DQ where TensorRT fuses them.
 
-Placement: ``calibration.qdq``. Ranges come from ONNX Runtime's calibrators (MinMax for "max", Percentile, Entropy; "mse"
-searches the clipping threshold minimising the expected squared error on the |x|
-histogram the Percentile calibrator collects). ONNX Runtime's ``QDQQuantizer`` writes the
-Q/DQ (format QDQ, int8 symmetric activations and per-channel symmetric weights, no bias
-quantization, no output quantization); a small pass then keeps DequantizeLinear outputs
-away from anything but MatMul/Gemm (ORT rewires every consumer of a quantized tensor).
+Placement: ``calibration.qdq``. Ranges: for "max", the min and max that ``collect_ranges`` streams
+anyway (one pass; the thresholds ONNX Runtime's symmetric ``MinMaxCalibrater`` would give); for
+the others ONNX Runtime's calibrators (Percentile, Entropy; "mse" searches the clipping threshold
+minimising the expected squared error on the |x| histogram the Percentile calibrator collects).
+ONNX Runtime's ``QDQQuantizer`` writes the Q/DQ once, for every candidate (format QDQ, int8
+symmetric activations and per-channel symmetric weights, no bias quantization, no output
+quantization); a small pass then keeps DequantizeLinear outputs away from anything but the
+MatMul/Gemm nodes chosen (ORT rewires every consumer of a quantized tensor), which is also how
+each fallback trial is derived from that one quantized graph.
 
 Accuracy-driven fallback: ``calibration.fallback``.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, write_json, write_text
-from debertrt.core.errors import DebertrtError, first_line
+from debertrt.core.errors import DebertrtError, InternalError, first_line
 
 from debertrt.core import onnx_utils as ox
 from debertrt.core.resources import measured
@@ -32,7 +35,7 @@ from . import graph as G
 from .data import BatchReader, default_dataset, check_dataset, feeds, vocab_size
 from .options import Int8Options
 from .fallback import Scorer, accuracy_fallback, group_nodes
-from .qdq import QUANTIZED_OPS, build_qdq, check_placement, quantizable_nodes
+from .qdq import QUANTIZED_OPS, build_qdq, check_placement, quantizable_nodes, restrict_qdq
 from .ranges import collect_ranges
 
 
@@ -47,13 +50,17 @@ def int8_path_for(onnx_path: str | os.PathLike) -> Path:
 @measured
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, dataset=None,
                   method: str | None = None, *, ref=None, task: str | None = None, fallback_dataset=None,
-                  options: Int8Options | None = None) -> StageResult:
+                  options: Int8Options | None = None,
+                  sibling_float_groups: dict[str, list[str]] | None = None) -> StageResult:
     """Write the int8 Q/DQ graph of ``onnx_path`` (default ``DIR/model.int8.onnx``), its report and manifest entry.
 
     ``dataset``: calibration batches; ``fallback_dataset``: what the accuracy-driven fallback
     scores. Both default to ``calibration.data.default_dataset`` (the preset's own held-out
     sets, or random batches from ``ref`` or the graph, a seed per purpose): the two never share
     examples, and neither is the parity set. ``task`` defaults to ``ref.task``.
+    ``sibling_float_groups``: what the int8 stage of another form of the same model (the plugin graph's
+    plain sibling) left in float, its summary's ``float_group_nodes`` (group -> MatMul/Gemm node names);
+    the fallback tries that decision first (``accuracy_fallback``).
     """
     options = options or Int8Options()
     if method is not None and method != options.method:
@@ -76,16 +83,28 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
 
     with tempfile.TemporaryDirectory(prefix=".debertrt-int8.", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        ranges = collect_ranges(model, calib_feeds, workdir=tmp)  # raises on non-finite activations
-        prepared, prepared_path = _prepare(model, tmp)
+        prepared = _prepare(model)
+        calibrated = calibrated_tensors(prepared)
+        # raises on non-finite activations; keeps min and max of every tensor a calibrator would measure
+        ranges = collect_ranges(model, calib_feeds, workdir=tmp, also=calibrated)
         candidates = quantizable_nodes(prepared, options.quantize_bmm)
         if not candidates:
             raise DebertrtError(f"{src.name} has no MatMul/Gemm with a weight input: nothing to quantize")
-        tensors_range = calibrate(prepared_path, calib_feeds, options, tmp)
+        if options.method == "max":
+            tensors_range = symmetric_minmax(ranges, calibrated)
+        else:
+            tensors_range = calibrate(_write_prepared(prepared, tmp), calib_feeds, options, tmp)
         groups = group_nodes(prepared, candidates, options.granularity)
         scorer = Scorer(model, fallback_dataset, task, tmp)
-        build = lambda nodes: build_qdq(prepared, tensors_range, nodes, options.dedicated_qdq)  # noqa: E731
-        final, fallback = accuracy_fallback(build, groups, scorer, options.max_accuracy_loss)
+        del model  # ``prepared`` is the copy the rest works on
+        # quantized once; a trial leaving groups in float gives their MatMuls the float tensors back
+        full = build_qdq(prepared, tensors_range, candidates, options.dedicated_qdq)
+
+        def build(nodes):
+            return full if len(nodes) == len(candidates) else restrict_qdq(full, prepared, nodes)
+
+        final, fallback = accuracy_fallback(build, groups, scorer, options.max_accuracy_loss,
+                                            sibling_float_groups)
         placement = check_placement(final)
         ox.save(final, out, check="full")
 
@@ -104,8 +123,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
 # ----------------------------------------------------------------------------- graph preparation
 
 
-def _prepare(model, tmp: Path):
-    """A copy with every tensor typed (plugin outputs included), saved for the calibrator."""
+def _prepare(model):
+    """A copy with every tensor typed (plugin outputs included) and weight transposes folded."""
     import onnx
 
     prepared = onnx.ModelProto()
@@ -120,16 +139,57 @@ def _prepare(model, tmp: Path):
         for out in node.output:
             if out and out in types and out not in io_names:
                 prepared.graph.value_info.append(onnx.helper.make_value_info(out, types[out]))
+    return prepared
+
+
+def _write_prepared(prepared, tmp: Path) -> Path:
+    """``prepared`` saved for ONNX Runtime's calibrators (they read a file)."""
     path = tmp / "prepared.onnx"
     ox.write_model(prepared, path, external=True)  # weights streamed beside it, ``prepared`` unchanged
-    return prepared, path
+    return path
 
 
 # ----------------------------------------------------------------------------- calibration
 
 
+def calibrated_tensors(prepared) -> list[str]:
+    """What ONNX Runtime's calibrators measure (``select_tensors_to_calibrate``): the typed float
+    inputs and outputs of every MatMul/Gemm that are not initializers, in graph order."""
+    from onnx import TensorProto
+
+    graph = prepared.graph
+    typed = {vi.name: vi.type for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
+    inits = {i.name for i in graph.initializer}
+    names: dict[str, None] = {}
+    for node in graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        for name in list(node.input) + list(node.output):
+            t = typed.get(name)
+            if t is not None and t.HasField("tensor_type") and name not in inits \
+                    and t.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                names[name] = None
+    return list(names)
+
+
+def symmetric_minmax(ranges, names: list[str]):
+    """The ``TensorsData`` ONNX Runtime's ``MinMaxCalibrater(symmetric=True)`` computes, from the min and
+    max ``collect_ranges`` measured: per tensor (-t, t), t = max(|min|, |max|) over all batches, as
+    float32 arrays of shape (1,)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    data = {}
+    for name in names:
+        if name not in ranges.lowest:
+            raise InternalError(f"range collection did not measure {name!r}, a MatMul/Gemm tensor")
+        t = max(abs(np.float32(ranges.lowest[name])), abs(np.float32(ranges.highest[name])))
+        data[name] = TensorData(lowest=np.array([-t], np.float32), highest=np.array([t], np.float32))
+    return TensorsData(CalibrationMethod.MinMax, data)
+
+
 def calibrate(prepared_path: Path, feed_list: list[dict], options: Int8Options, tmp: Path):
-    """``TensorsData`` of the MatMul/Gemm activations with ONNX Runtime's calibrators."""
+    """``TensorsData`` of the MatMul/Gemm activations with ONNX Runtime's calibrators (the tests check
+    ``symmetric_minmax`` against its MinMax)."""
     from onnxruntime.quantization.calibrate import (EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater,
                                                     TensorData, TensorsData, CalibrationMethod)
     from debertrt.plugins.ort import ort_session
@@ -210,10 +270,13 @@ def _report(src, out, model, dataset, fallback_dataset, task, options, ranges, t
     if fallback["fp32"]:
         loss = (fallback["fp32"] - fallback["final"]) / fallback["fp32"]
     summary = {"method": options.method, "metric": fallback["metric"], "fp32": fallback["fp32"],
-               "int8_full": fallback["full"]["metric"], "int8": fallback["final"], "relative_loss": loss,
+               "int8_full": (fallback["full"] or {}).get("metric"), "int8": fallback["final"],
+               "relative_loss": loss,
                "within_budget": fallback["within_budget"], "quantized_matmuls": len(quantized),
                "candidate_matmuls": sum(len(n) for n in groups.values()),
                "float_groups": [l["group"] for l in layers if l["precision"] != "int8"],
+               "float_group_nodes": {g: [n for n in names if n not in quantized] for g, names in groups.items()
+                                     if any(n not in quantized for n in names)},
                "qdq": {"quantize_linear": placement["quantize_linear"],
                        "dequantize_linear": placement["dequantize_linear"],
                        "quantized_weights": placement["quantized_weights"]}}
@@ -249,6 +312,13 @@ def render_markdown(report: dict) -> str:
     ]
     lines += [f"| {l['group']} | {l['matmuls']} | {l['quantized']} | {l['precision']} |" for l in report["layers"]]
     lines += ["", "Left in higher precision: " + (", ".join(s["float_groups"]) or "none"), ""]
+    start = f.get("sibling")
+    if start:
+        verdict = "within budget here too: no search" if start["within_budget"] else \
+            "not within budget here: searched from the start"
+        missing = f" Groups not in this graph: {', '.join(start['unmatched'])}." if start["unmatched"] else ""
+        lines += [f"Started from a sibling graph's decision (left in float there: "
+                  f"{', '.join(start['float_groups']) or 'none'}): {start['metric']:.4f}, {verdict}.{missing}", ""]
     if f["trials"]:
         lines += ["## Fallback trials", "", "| left in float | metric | output MSE vs fp32 |", "|---|---|---|"]
         lines += [f"| {', '.join(t['excluded']) or '(none: all int8)'} | {t['metric']:.4f} | {t['mse']:.3g} |"

@@ -102,6 +102,18 @@ def build_qdq(prepared, tensors_range, nodes: list[str], dedicated: bool = False
     return model
 
 
+def restrict_qdq(full, prepared, nodes: list[str]):
+    """The Q/DQ model quantizing only ``nodes``, derived from ``full`` (``build_qdq`` of a superset of
+    them): the MatMuls outside ``nodes`` get their float inputs back, as ``build_qdq(prepared, ranges,
+    nodes)`` would write them, without running the quantizer again."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(full)
+    _restrict_dq_consumers(model, set(nodes), prepared)
+    return model
+
+
 def _restrict_dq_consumers(model, quantized: set[str], prepared) -> None:
     """ORT feeds a quantized tensor's DQ output to *all* its consumers (a residual Add, a
     MatMul left in float that shares the activation or the weight): give every consumer

@@ -1,7 +1,8 @@
 """Measured activation ranges: run the fp32 graph with max |x| of every float tensor as an output.
 
 Both precision passes start here: fp16 picks its fp32 islands from the largest magnitudes,
-int8 refuses data on which the fp32 model already produces inf/NaN.
+int8 refuses data on which the fp32 model already produces inf/NaN and, with method "max", takes
+its MatMul/Gemm activation ranges from the same pass (min and max per tensor).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from debertrt.plugins.graph_types import value_types
 
 @dataclass
 class TensorRanges:
-    """max |x| per float tensor over the calibration batches (graph outputs included)."""
+    """max |x|, min x and max x per float tensor over the calibration batches (graph outputs included)."""
 
     amax: dict[str, float] = field(default_factory=dict)
+    lowest: dict[str, float] = field(default_factory=dict)
+    highest: dict[str, float] = field(default_factory=dict)
     batches: int = 0
 
     def get(self, name: str, default: float = 0.0) -> float:
@@ -51,9 +54,10 @@ OVERFLOW_ADVICE = "the model overflows on this data — check the weights and th
 
 def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = None,
                    workdir: str | os.PathLike | None = None, graph: str = "fp32",
-                   advice: str = OVERFLOW_ADVICE) -> TensorRanges:
-    """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return max |x| of
-    ``tensors`` (default: every float tensor), raising ``DebertrtError`` with ``advice`` on a non-finite value.
+                   advice: str = OVERFLOW_ADVICE, also: list[str] = ()) -> TensorRanges:
+    """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return the ranges of
+    ``tensors`` (default: every node's float output) and of ``also`` (e.g. float graph inputs), raising
+    ``DebertrtError`` with ``advice`` on a non-finite value.
 
     Streams: each tensor gets ``ReduceMax``, ``ReduceMin`` and ``ReduceSum`` nodes placed right after its
     producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation as in
@@ -61,6 +65,8 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     the max or min, NaN in the sum) reruns that batch with the tensor itself as an output, for the message."""
     types = {n: t.tensor_type.elem_type for n, t in value_types(model).items()}
     names = tensors if tensors is not None else float_tensors(model, types)
+    listed = set(names)
+    names = names + [n for n in also if n not in listed]
     outputs = [o.name for o in model.graph.output]
     watched = [n for n in names if n in types or n in outputs] + [o for o in outputs if o not in names]
     augmented, stats = _with_reductions(model, watched, types)
@@ -81,12 +87,15 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
             with forecast.batch(feed, k):
                 values = dict(zip(fetch, _run(sess, fetch, feed, k, graph)))
             for name, (high, low, check) in stats.items():
-                amax = max(float(values[high]), -float(values[low]))
+                highest, lowest = float(values[high]), float(values[low])
+                amax = max(highest, -lowest)
                 # an inf shows in the max or min, a NaN in the sum (an inf sum of finite values, e.g. of
                 # masks at -3.4e38, is no sign of either)
                 if np.isnan(values[check]) or not amax < limits.get(name, np.inf):
                     _raise_non_finite(model, name, feed, k, graph, advice, tmp)
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
+                ranges.lowest[name] = min(ranges.lowest.get(name, np.inf), lowest)
+                ranges.highest[name] = max(ranges.highest.get(name, -np.inf), highest)
             ranges.batches += 1
     return ranges
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from debertrt.core.artifacts import MANIFEST, read_json, record_stage
+from debertrt.core.artifacts import MANIFEST, StageResult, read_json, record_stage
 from debertrt.core.compare import TOLERANCES
 from debertrt.core.errors import DebertrtError
 from debertrt.core.log import logger
@@ -112,8 +112,11 @@ def build(ref, out_dir: str | os.PathLike, options: BuildOptions, datasets: dict
     graphs = {"fp32": (model, plugin_model)}
     for precision in options.precisions:
         if precision != "fp32":
-            graphs[precision] = tuple(run(precision, _convert, precision, source, ref, datasets, options)
-                                      for source in (model, plugin_model))
+            plain = run(precision, _convert, precision, model, ref, datasets, options)
+            # the plugin graph's int8 starts from the plain graph's decision (same layers, same groups)
+            sibling = plain.summary.get("float_group_nodes") if precision == "int8" else None
+            graphs[precision] = (plain.path,
+                                 run(precision, _convert, precision, plugin_model, ref, datasets, options, sibling).path)
 
     engines: list[Path] = []
     if backend != "none":
@@ -198,16 +201,17 @@ def longest_sequence(ref, options: BuildOptions, datasets: dict) -> int | None:
     return longest if longest > int(ref.config.max_position_embeddings) else None
 
 
-def _convert(precision: str, source: Path, ref, datasets: dict, options: BuildOptions) -> Path:
+def _convert(precision: str, source: Path, ref, datasets: dict, options: BuildOptions,
+             sibling_float_groups: dict[str, list[str]] | None = None) -> StageResult:
     if precision == "fp16":
         from debertrt.calibration.fp16 import to_fp16
 
-        return to_fp16(source, dataset=datasets["calibration"], ref=ref).path
+        return to_fp16(source, dataset=datasets["calibration"], ref=ref)
     from debertrt.calibration.int8 import Int8Options, quantize_int8
 
     int8_options = Int8Options(method=options.method, max_accuracy_loss=options.max_accuracy_loss)
     return quantize_int8(source, dataset=datasets["calibration"], ref=ref, fallback_dataset=datasets["fallback"],
-                         options=int8_options).path
+                         options=int8_options, sibling_float_groups=sibling_float_groups)
 
 
 def _build_engines(graphs: dict, out_dir: Path, backend: str, options: BuildOptions) -> tuple[list[Path], list[str]]:

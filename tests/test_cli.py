@@ -111,6 +111,9 @@ def test_main_job_runs_with_no_arguments(tmp_path):
     assert all(e["verdict"] == "passed" for e in report["artifacts"] if e["status"] == "ran")
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert {"export", "reference", "rewrite", "fp16", "int8", "parity"} <= set(stages)
+    plugin_int8 = json.loads((out / "model.plugin.int8.json").read_text())["fallback"]
+    plain_int8 = json.loads((out / "model.int8.json").read_text())["summary"]
+    assert plugin_int8["sibling"]["float_groups"] == plain_int8["float_groups"]  # started from the plain graph's decision
     for name, entry in stages.items():  # what each stage cost, and the summary shows it
         cost = entry["resources"]
         assert cost["wall_s"] > 0 and cost["cpu_s"] > 0, name
