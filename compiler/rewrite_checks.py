@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core.errors import DebertrtError, first_line
+from debertrt.core.resources import release_memory
 
 from .model_facts import ModelFacts
 from .patterns import LayerMatch, constant_value, scale_on_scores
@@ -77,6 +78,8 @@ class Probe:
                 raise DebertrtError(f"cannot evaluate {self.onnx_path} at sequence length {sequence} with ONNX "
                                     f"Runtime to check the attention pattern: {first_line(exc)}") from exc
             self.values[sequence] = dict(zip(names, values))
+        del session
+        release_memory()  # the session's weights go back to the system before the rewritten graph is written
         return self
 
 
@@ -93,10 +96,9 @@ def probe_session(model, base_dir: Path, weights=None):
     """A session of ``model``, with the initializers of ``weights`` when it has none of its own."""
     import onnxruntime as ort
 
-    from debertrt.plugins.ort import ort_session, session_for_model
+    from debertrt.plugins.ort import one_shot_options, ort_session, session_for_model
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = one_shot_options(prepack=False)  # two runs: an arena would keep the longer one's activations
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if weights is None:
         return ort_session(model, base_dir, options=options)
