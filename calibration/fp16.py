@@ -25,7 +25,7 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError
 
 from debertrt.core import onnx_utils as ox
-from debertrt.core.resources import measured
+from debertrt.core.resources import measured, release_memory
 from debertrt.plugins.ort import one_shot_options, ort_session
 from debertrt.plugins.graph_types import elem_types
 
@@ -60,10 +60,18 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     check_dataset(dataset, input_names, vocab_size(model))
     feed_list = feeds(dataset, input_names)
     ranges = collect_ranges(model, feed_list, workdir=out.parent if out.parent.exists() else None)
+    release_memory()  # each session's pages go back to the system before the next one loads
+    check_feeds = feed_list[: options.check_batches]
+    expected = _fp32_outputs(model, check_feeds, out.parent)
+    release_memory()
 
     converted, decision = convert(model, ranges, options)
-    check = _compare(model, converted, feed_list[: options.check_batches], out.parent)
-    ox.save(converted, out, check="full")
+    del model  # from here on one graph's weights at a time: the fp16 ones
+    release_memory()
+    check = _compare(converted, expected, check_feeds, out.parent)
+    only = [converted]
+    del converted
+    ox.save(only.pop(), out, check="full")  # the only reference: freed before the written file is checked
 
     report = _report(src, out, dataset, ranges, decision, options, check)
     json_path, md_path = G.report_paths(out)
@@ -108,13 +116,12 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
     import onnx
     from onnx import helper, numpy_helper
 
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
-    model = model_copy
+    weights = model
+    model = ox.with_weight_stubs(model)  # the weights are read from the original, the fp32 ones kept copied last
     ox.name_nodes(model)
     _constants_to_initializers(model)
     types = elem_types(model)
-    decision = decide(model, ranges, options, types)
+    decision = decide(model, ranges, options, types, weights)
     graph = model.graph
     fp32_nodes = set(decision.fp32)
     fp16_nodes = set(decision.fp16)
@@ -139,19 +146,19 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
     half: dict[str, str] = {}     # fp32 initializer -> its fp16 twin
     casts: dict[tuple[str, int], str] = {}
     produced16: set[str] = set()  # tensors that are fp16 after the rewrite
-    new_inits = []
+    originals = ox.initializer_map(weights.graph)
 
     def init_fp16(name):
         if name not in half:
             init = inits[name]
             users = consumer.get(name, [])
-            arr = numpy_helper.to_array(init).astype(np.float16)
+            arr = numpy_helper.to_array(originals.get(name, init)).astype(np.float16)
             if all(u.name in fp16_nodes for u in users) and name not in graph_outputs:
                 target = name
                 graph.initializer.remove(init)
             else:
                 target = ox.unique_name(name + "_fp16", taken)
-            new_inits.append(numpy_helper.from_array(arr, target))
+            graph.initializer.append(numpy_helper.from_array(arr, target))  # after the originals, as created
             half[name] = target
         return half[name]
 
@@ -198,7 +205,7 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
         new_nodes.append(helper.make_node("Cast", [renamed], [original], name=ox.unique_name(
             f"Cast_fp32/{original}", taken), to=FLOAT))
         decision.casts_inserted += 1
-    graph.initializer.extend(new_inits)
+    ox.fill_stubs(model, weights)  # the fp32 weights still read
     del graph.node[:]
     graph.node.extend(new_nodes)
     del graph.value_info[:]
@@ -209,11 +216,23 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
 # ----------------------------------------------------------------------------- check + report
 
 
-def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
-    """Max |fp16 - fp32| per output on a few calibration batches, and the largest |x| any fp16 tensor
-    holds there; a non-finite fp16 tensor raises. Every fp16 tensor is materialised in fp16 for
-    this: ONNX Runtime on the CPU otherwise runs fp16 chains in fp32 and hides an overflow that a
-    GPU would show."""
+def _fp32_outputs(fp32_model, feed_list, workdir: Path) -> list[dict]:
+    """The fp32 graph's outputs on the check batches (before the conversion, so that no two graphs'
+    weights and a session are alive at once)."""
+    import tempfile
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
+        session = ort_session(fp32_model, base_dir=tmp, options=one_shot_options())
+        names = [o.name for o in session.get_outputs()]
+        return [dict(zip(names, session.run(names, feed))) for feed in feed_list]
+
+
+def _compare(fp16_model, expected: list[dict], feed_list, workdir: Path) -> dict:
+    """Max |fp16 - fp32| per output on a few calibration batches (``expected``: the fp32 graph's outputs),
+    and the largest |x| any fp16 tensor holds there; a non-finite fp16 tensor raises. Every fp16 tensor is
+    materialised in fp16 for this: ONNX Runtime on the CPU otherwise runs fp16 chains in fp32 and hides an
+    overflow that a GPU would show."""
     import tempfile
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -222,16 +241,12 @@ def _compare(fp32_model, fp16_model, feed_list, workdir: Path) -> dict:
     halves = [o for node in fp16_model.graph.node for o in node.output if types.get(o) == FLOAT16]
     largest = collect_ranges(fp16_model, feed_list, halves, workdir, graph="fp16",
                              advice="fp16 overflows there: lower --fp16-threshold to keep more of the graph in fp32")
+    release_memory()
     with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
-        # one session at a time: the fp32 outputs of these few batches are small, two sessions' weights are not
-        s32 = ort_session(fp32_model, base_dir=tmp, options=one_shot_options())
-        names = [o.name for o in s32.get_outputs()]
-        expected = [s32.run(names, feed) for feed in feed_list]
-        del s32
         s16 = ort_session(fp16_model, base_dir=tmp, options=one_shot_options())
         for k, (feed, a) in enumerate(zip(feed_list, expected)):
-            b = s16.run(names, feed)
-            for name, x, y in zip(names, a, b):
+            b = s16.run(list(a), feed)
+            for (name, x), y in zip(a.items(), b):
                 y = np.asarray(y, dtype=np.float32)
                 if not np.isfinite(y).all():
                     raise DebertrtError(f"the fp16 graph produces inf/NaN in {name!r} on calibration batch {k}; "

@@ -133,9 +133,11 @@ def _index_tensors(model, types: dict[str, int], inits: dict) -> set[str]:
     return index
 
 
-def decide(model, ranges: TensorRanges, options: Fp16Options, types: dict[str, int]) -> Decision:
-    """Which nodes stay float32, and why."""
+def decide(model, ranges: TensorRanges, options: Fp16Options, types: dict[str, int], weights=None) -> Decision:
+    """Which nodes stay float32, and why. ``weights``: the model holding the data of ``model``'s weight
+    stubs (``onnx_utils.with_weight_stubs``)."""
     inits = ox.initializer_map(model.graph)
+    values = {**inits, **ox.initializer_map(weights.graph)} if weights is not None else inits
     consumer = ox.consumers(model.graph)
     producer = ox.producers(model.graph)
     fp32: dict[str, tuple[str, str]] = {}
@@ -151,7 +153,7 @@ def decide(model, ranges: TensorRanges, options: Fp16Options, types: dict[str, i
     scores = _softmax_input_chains(model) if options.softmax_inputs_fp32 else set()
     index = _index_tensors(model, types, inits)
     big_consts = {name for name, init in inits.items() if init.data_type == FLOAT
-                  and _init_amax(init) > FP16_MAX}
+                  and _init_amax(values[name]) > FP16_MAX}
     for node in model.graph.node:
         if not has_float(node):
             continue
@@ -169,7 +171,7 @@ def decide(model, ranges: TensorRanges, options: Fp16Options, types: dict[str, i
         for name in node.input:
             if name in big_consts:
                 keep(node, "constant-range", f"constant {name!r} exceeds the fp16 range (|x| = "
-                                             f"{_init_amax(inits[name]):.3g})")
+                                             f"{_init_amax(values[name]):.3g})")
     outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
         if options.fp32_outputs and any(o in outputs for o in node.output) and has_float(node):

@@ -224,26 +224,30 @@ def confirm(onnx_path, original_model, fused_model, blocks: list[AttentionBlock]
     names = [b.context.name for b in blocks]
     original = ox.without_initializers(original_model)  # runs with original_model's weights, not a copy
     fused = onnx.ModelProto()
-    fused.CopyFrom(fused_model)
+    fused.CopyFrom(fused_model)  # its weights are stubs (``rewrite.stub_weights``): a copy of the graph only
     for model in (original, fused):
         present = {o.name for o in model.graph.output}
         model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
     plain = probe_session(original, onnx_path.parent, weights=original_model)
-    flash = ort_session(fused, onnx_path.parent)
     graph_inputs = plain.get_inputs()
     space = TokenSpace(tuple(i.name for i in graph_inputs), max(facts.vocab_size, 2),
                        multiple_choice=any(len(i.shape) == 3 for i in graph_inputs))
     dtypes = {"tensor(int32)": np.int32, "tensor(float)": np.float32, "tensor(bool)": np.bool_}
-    worst = {b.label: 0.0 for b in blocks}
-    rows = 0
+    feeds = {}
     for sequence in confirm_lengths(facts, sequences):
         feed = padding_extremes(space, sequence)
-        feed = {i.name: feed[i.name].astype(dtypes.get(i.type, np.int64)) for i in graph_inputs}
+        feeds[sequence] = {i.name: feed[i.name].astype(dtypes.get(i.type, np.int64)) for i in graph_inputs}
+    wanted = {sequence: dict(zip(names, plain.run(names, feed))) for sequence, feed in feeds.items()}
+    del plain  # one session's weights at a time
+    flash = ort_session(fused, onnx_path.parent, weights=original_model)
+    worst = {b.label: 0.0 for b in blocks}
+    rows = 0
+    for sequence, feed in feeds.items():
         keep = feed["attention_mask"].reshape(-1, sequence) != 0 if "attention_mask" in feed else None
         rows = int(np.prod(next(iter(feed.values())).shape[:-1]))
         outputs = [o.name for o in flash.get_outputs()]
         got = dict(zip(outputs, flash.run(outputs, feed)))
-        want = dict(zip(names, plain.run(names, feed)))
+        want = wanted[sequence]
         for name, value in got.items():
             if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
                 raise DebertrtError(f"the fused graph's {name!r} holds inf/NaN at S={sequence} (padding extremes): "

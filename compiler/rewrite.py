@@ -131,11 +131,12 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     if ops_after.get(op_type, 0) != facts.num_layers or ops_after.get("GatherElements", 0):
         raise InternalError(f"rewrite left {ops_after.get(op_type, 0)} plugin nodes and "
                             f"{ops_after.get('GatherElements', 0)} GatherElements for {facts.num_layers} layers")
+    stub_weights(graph)  # the new graph's weights are the loaded model's: exported as stubs, written from it
     new_model = gs.export_onnx(graph)
     if not any(o.domain == DOMAIN for o in new_model.opset_import):
         new_model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     confirmed = fused.confirm(onnx_path, model, new_model, blocks, facts, probes.sequences) if blocks else None
-    ox.save(new_model, out_path, external=external or None, check=None)
+    ox.save(new_model, out_path, external=external or None, check=None, weights=model)
 
     report = {
         "input": str(onnx_path),
@@ -253,6 +254,18 @@ def replace_layers(graph, layers: list[LayerMatch], reports: list[dict], facts: 
         report["node"] = name
     graph.cleanup().toposort()
     return nodes
+
+
+def stub_weights(graph) -> None:
+    """Swap each weight that ``graph`` still reads from the loaded model for a ``weight_stub``: exporting
+    then copies no weights (``onnx_graphsurgeon`` copies every initializer twice, into the graph and then
+    into the model); they are written from the loaded model (``onnx_utils.initializers_with``)."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    for tensor in graph.tensors().values():
+        values = getattr(tensor, "_values", None)  # ``values`` itself would load the array
+        if isinstance(values, LazyValues) and values.tensor.name == tensor.name and ox.is_large_weight(values.tensor):
+            tensor.values = LazyValues(ox.weight_stub(values.tensor))
 
 
 def _scope_of(name: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from debertrt.core.errors import DebertrtError, first_line
+from debertrt.core.resources import release_memory
 
 from .model_facts import ModelFacts
 from .patterns import LayerMatch, constant_value, scale_on_scores
@@ -60,24 +61,76 @@ class Probe:
         from debertrt.core import onnx_utils as ox
 
         if self.model is not None:
-            model = ox.without_initializers(self.model)  # the weights are streamed to the session's file
+            base = ox.without_initializers(self.model)  # the weights are streamed to the session's file
         else:
-            model = onnx.load(str(self.onnx_path), load_external_data=False)
-        outputs = {o.name for o in model.graph.output}
-        for t in _unique(short_only + [t for ts in extra.values() for t in ts]):
-            if t.name not in outputs:
-                model.graph.output.append(onnx.ValueInfoProto(name=t.name))
-        session = probe_session(model, self.onnx_path.parent, self.model)
+            base = onnx.load(str(self.onnx_path), load_external_data=False)
         for sequence in sorted(set(self.sequences) | set(extra)):
             wanted = short_only if sequence == self.sequences[0] else everywhere if sequence in self.sequences else []
             names = [t.name for t in _unique(wanted + extra.get(sequence, []))]
+            if not names:
+                self.values[sequence] = {}
+                continue
+            # one session per length, of what that length's tensors depend on: the long probe's index
+            # arithmetic needs no weights and none of the S×S activations of the whole graph
+            pruned = pruned_for(base, names, self.model)
+            model = pruned if pruned is not None else _with_outputs(base, names)
+            weights = None if pruned is not None and not pruned.graph.initializer else self.model
+            session = probe_session(model, self.onnx_path.parent, weights)
             try:
-                values = session.run(names, _probe_feed(session, sequence)) if names else []
+                values = session.run(names, _probe_feed(session, sequence))
             except Exception as exc:
                 raise DebertrtError(f"cannot evaluate {self.onnx_path} at sequence length {sequence} with ONNX "
                                     f"Runtime to check the attention pattern: {first_line(exc)}") from exc
             self.values[sequence] = dict(zip(names, values))
+            del session
+            release_memory()  # the session's weights go back to the system before the next step
         return self
+
+
+def pruned_for(model, outputs: list[str], weights=None):
+    """``model`` cut down to the nodes ``outputs`` depend on, with those as its only outputs (ONNX Runtime
+    runs every node of a graph, asked for or not); the initializers it reads from ``weights`` (default:
+    ``model``'s), large ones as weight stubs of ``weights``. None when a node it needs holds a subgraph,
+    whose reads of the outer graph this walk does not follow."""
+    import onnx
+
+    from debertrt.core import onnx_utils as ox
+
+    nodes = list(model.graph.node)
+    producer = {out: k for k, node in enumerate(nodes) for out in node.output if out}
+    keep, seen, stack = set(), set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        k = producer.get(name)
+        if k is None or k in keep:
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in nodes[k].attribute):
+            return None
+        keep.add(k)
+        stack.extend(i for i in nodes[k].input if i)
+    pruned = ox.without_initializers(model)
+    graph = pruned.graph
+    del graph.node[:], graph.input[:], graph.output[:]
+    graph.node.extend(nodes[k] for k in sorted(keep))
+    graph.input.extend(i for i in model.graph.input if i.name in seen)
+    graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
+    source = weights if weights is not None else model
+    graph.initializer.extend(ox.weight_stub(i) if weights is not None and ox.is_large_weight(i) else i
+                             for i in source.graph.initializer if i.name in seen)
+    return pruned
+
+
+def _with_outputs(model, names: list[str]):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    return copy
 
 
 def _unique(tensors):
@@ -90,13 +143,14 @@ def _unique(tensors):
 
 
 def probe_session(model, base_dir: Path, weights=None):
-    """A session of ``model``, with the initializers of ``weights`` when it has none of its own."""
+    """A session of ``model``, with the initializers of ``weights`` when it has none of its own, else
+    with the data of its weight stubs from ``weights``; it runs once, unoptimised (measured values
+    must be the graph's own)."""
     import onnxruntime as ort
 
-    from debertrt.plugins.ort import ort_session, session_for_model
+    from debertrt.plugins.ort import one_shot_options, ort_session, session_for_model
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = one_shot_options(prepack=False)  # one run: prepacking the weights would only cost time
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if weights is None:
         return ort_session(model, base_dir, options=options)

@@ -9,12 +9,11 @@ standard nodes with the same output type and shape (``shape_stand_in``) for the 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from debertrt.core.errors import DebertrtError, first_line
-from debertrt.core.onnx_utils import FLOAT_TYPES, all_nodes, attr
+from debertrt.core.onnx_utils import all_nodes, attr, with_weight_stubs
 
 from .spec import DISENTANGLED_ATTENTION, OPS, OpSpec
 
@@ -49,24 +48,9 @@ def shape_stand_in(node) -> list:
             helper.make_node("Reshape", [f"{out}/stand_in_bshd", f"{out}/stand_in_shape"], [out], name=node.name)]
 
 
-def _without_weight_bytes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for inference: large float initializers keep dims and type, not their bytes (small
-    integer constants stay: shape inference reads them)."""
-    scratch = onnx.ModelProto()
-    scratch.CopyFrom(model)
-    for init in scratch.graph.initializer:
-        if init.data_type not in FLOAT_TYPES or int(np.prod(init.dims)) <= 64:
-            continue
-        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                     "string_data", "external_data"):
-            init.ClearField(name)
-        init.data_location = onnx.TensorProto.DEFAULT
-    return scratch
-
-
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Tensor name -> TypeProto for every tensor shape inference can type, plugin outputs included."""
-    scratch = _without_weight_bytes(model)
+    scratch = with_weight_stubs(model, elements=64)  # small integer constants stay: shape inference reads them
     del scratch.graph.value_info[:]
     nodes = [n for node in scratch.graph.node for n in (shape_stand_in(node) if is_plugin_node(node) else [node])]
     del scratch.graph.node[:]

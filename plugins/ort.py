@@ -64,12 +64,16 @@ _registered: set[str] = set()
 _errors: list[BaseException] = []
 
 
-def ort_session(source, base_dir: str | os.PathLike | None = None, threads: int | None = None, options=None):
+def ort_session(source, base_dir: str | os.PathLike | None = None, threads: int | None = None, options=None,
+                weights=None):
     """An ``onnxruntime.InferenceSession`` on the CPU, plugin nodes included, for ``source``: an ONNX
     file, or an in-memory ``ModelProto`` (not modified) whose external data, if any, lies in
-    ``base_dir``. ``options``: ``SessionOptions`` (default: quiet, ``threads`` intra-op threads)."""
+    ``base_dir``. ``options``: ``SessionOptions`` (default: quiet, ``threads`` intra-op threads).
+    ``weights``: a model holding the data of ``source``'s weight stubs (see ``session_for_model``)."""
     import onnx
     import onnxruntime as ort
+
+    from debertrt.core.onnx_utils import with_weight_stubs
 
     options = options or _options(threads)
     if isinstance(source, onnx.ModelProto):
@@ -80,15 +84,16 @@ def ort_session(source, base_dir: str | os.PathLike | None = None, threads: int 
         if not any(is_plugin_node(n) for n in model.graph.node):
             return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     if not any(is_plugin_node(n) for n in model.graph.node):
-        return session_for_model(model, base_dir, options)
-    if model is source:
-        model = onnx.ModelProto()
-        model.CopyFrom(source)
-    register_pyops(plugin_model_for_ort(model))
+        return session_for_model(model, base_dir, options, weights=weights)
+    # the PyOp rewrite edits a copy without the weights' bytes; the session takes them from the original
+    types = elem_types(model)
+    plugin = with_weight_stubs(model)
+    register_pyops(plugin_model_for_ort(plugin, types))
     import onnxruntime_extensions
 
     options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    return session_for_model(model, base_dir, options, session_class=_plugin_session_class())
+    return session_for_model(plugin, base_dir, options, session_class=_plugin_session_class(),
+                             weights=[model] + ([weights] if weights is not None else []))
 
 
 def _options(threads: int | None = None):
@@ -101,13 +106,17 @@ def _options(threads: int | None = None):
     return options
 
 
-def one_shot_options(threads: int | None = None):
+def one_shot_options(threads: int | None = None, prepack: bool = True):
     """Options for a session that runs a few large batches once (calibration, checks, scoring): no
     memory-pattern plan (sized for the largest shape seen, then kept) and no arena (it keeps what the
-    largest batch took until the session closes), and an execution order that frees activations sooner."""
+    largest batch took until the session closes), and an execution order that frees activations sooner.
+    ``prepack=False``: MatMul weights are not repacked for MLAS when the session loads (a second copy
+    of them, built in seconds; worth it only for sessions that run many batches)."""
     import onnxruntime as ort
 
     options = _options(threads)
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_mem_pattern = False
     options.enable_cpu_mem_arena = False
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # measured: a lower peak than the default
@@ -145,12 +154,13 @@ def _check_node(node, op: PluginOp) -> tuple[bool, bool, dict]:
     return flags["has_c2p"], flags["has_p2c"], attrs
 
 
-def plugin_model_for_ort(model) -> set[tuple[str, bool, bool]]:
-    """Turn ``model``'s plugin nodes (in place) into PyOp nodes; returns the (op type, has_c2p, has_p2c) used."""
+def plugin_model_for_ort(model, types: dict[str, int] | None = None) -> set[tuple[str, bool, bool]]:
+    """Turn ``model``'s plugin nodes (in place) into PyOp nodes; returns the (op type, has_c2p, has_p2c) used.
+    ``types``: ``elem_types`` of the model (default: inferred from it)."""
     from onnx import TensorProto, helper
 
     graph = model.graph
-    types = elem_types(model)
+    types = types if types is not None else elem_types(model)
     variants = set()
     new_nodes = []
     for node in graph.node:
@@ -293,22 +303,26 @@ def session_for_model(model, base_dir: str | os.PathLike | None, options=None, s
     """A CPU session for an in-memory ``model``: as bytes when it is small, else through a hidden
     temporary file in ``base_dir`` (beside its external data, or with its weights streamed beside it,
     so that no serialized copy of them is held), removed once the session has loaded. ``weights``: a
-    model whose initializers ``model`` (then one without its own, e.g. with outputs added) runs with."""
+    model (or a list, searched in order) holding the data ``model`` runs with: all its initializers when
+    ``model`` has none of its own (e.g. one with outputs added), else those of ``model``'s weight stubs
+    (``onnx_utils.initializers_with``)."""
     import onnxruntime as ort
 
-    from debertrt.core.onnx_utils import (PROTOBUF_LIMIT, uses_external_data, weight_bytes, without_initializers,
-                                          write_model, write_with_weights)
+    from debertrt.core.onnx_utils import (PROTOBUF_LIMIT, initializers_with, uses_external_data, weight_bytes,
+                                          without_initializers, write_model, write_with_weights)
 
     session_class = session_class or ort.InferenceSession
     options = options or _options()
     providers = ["CPUExecutionProvider"]
-    separate = weights is not None
-    weights = weights if separate else model
-    external = uses_external_data(weights)
-    size = 0 if external else weight_bytes(weights)  # ByteSize() serializes: seconds on a large model
+    sources = list(weights) if isinstance(weights, (list, tuple)) else [weights] if weights is not None else []
+    separate = bool(sources)
+    external = any(uses_external_data(m) for m in [model] + sources)
+    size = 0 if external else weight_bytes(model if model.graph.initializer else sources[0])  # ByteSize() serializes
     if not external and (size <= SERIALIZE_LIMIT or (base_dir is None and size < PROTOBUF_LIMIT)):
         if separate:
-            model = _with_initializers(model, weights)
+            whole = without_initializers(model)
+            whole.graph.initializer.extend(initializers_with(model, *sources))
+            model = whole
         return session_class(model.SerializeToString(), sess_options=options, providers=providers)
     if base_dir is None:
         raise DebertrtError("an in-memory model with external data needs the folder of its data (base_dir)")
@@ -318,18 +332,12 @@ def session_for_model(model, base_dir: str | os.PathLike | None, options=None, s
     try:
         if external and not separate:
             write_model(model, tmp, external=False)  # the external references stay, relative to base_dir
+        elif separate:
+            write_with_weights(model, sources, tmp)
         else:
-            write_with_weights(model if separate else without_initializers(model), weights, tmp)
+            write_with_weights(without_initializers(model), model, tmp)
         return session_class(str(tmp), sess_options=options, providers=providers)
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
 
-
-def _with_initializers(structure, weights):
-    import onnx
-
-    model = onnx.ModelProto()
-    model.CopyFrom(structure)
-    model.graph.initializer.extend(weights.graph.initializer)
-    return model

@@ -118,8 +118,9 @@ def test_a_sum_that_overflows_on_finite_values_is_no_alarm(exported, monkeypatch
 @pytest.mark.parametrize("external", [False, True])
 def test_models_are_written_one_initializer_at_a_time_and_left_unchanged(exported, tmp_path, external):
     """The streamed writer reads back as the same model, with or without external data, and the
-    model it was given keeps its weights."""
-    from debertrt.core.onnx_utils import write_model
+    model it was given keeps its weights; the streamed reader reads what ``onnx.load`` reads; a copy
+    with weight stubs written with the model's weights is the same file."""
+    from debertrt.core.onnx_utils import load, with_weight_stubs, write_model
 
     model = onnx.load(str(exported(PRESET, TASK)))
     before = model.SerializeToString()
@@ -132,3 +133,11 @@ def test_models_are_written_one_initializer_at_a_time_and_left_unchanged(exporte
         assert back == model
     for a, b in zip(model.graph.initializer, back.graph.initializer):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+    assert load(tmp_path / "model.onnx") == back
+    stubs = with_weight_stubs(model)
+    held = [sum(len(i.raw_data) for i in m.graph.initializer) for m in (stubs, model)]
+    assert held[0] < held[1] // 10
+    (tmp_path / "stubs").mkdir()
+    write_model(stubs, tmp_path / "stubs" / "model.onnx", external=external, weights=model)
+    for name in ["model.onnx"] + ["model.onnx.data"] * external:
+        assert (tmp_path / "stubs" / name).read_bytes() == (tmp_path / name).read_bytes()
