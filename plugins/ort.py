@@ -73,16 +73,16 @@ def ort_session(source, base_dir: str | os.PathLike | None = None, threads: int 
     import onnx
     import onnxruntime as ort
 
-    from debertrt.core.onnx_utils import with_weight_stubs
+    from debertrt.core.onnx_utils import load, skeleton, with_weight_stubs
 
     options = options or _options(threads)
     if isinstance(source, onnx.ModelProto):
         model = source
     else:
         path = Path(source)
-        model, base_dir = onnx.load(str(path), load_external_data=False), path.parent
-        if not any(is_plugin_node(n) for n in model.graph.node):
+        if not any(is_plugin_node(n) for n in skeleton(path).graph.node):
             return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        model, base_dir = load(path, external_data=False), path.parent
     if not any(is_plugin_node(n) for n in model.graph.node):
         return session_for_model(model, base_dir, options, weights=weights)
     # the PyOp rewrite edits a copy without the weights' bytes; the session takes them from the original
