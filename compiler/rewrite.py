@@ -133,6 +133,7 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
                             f"{ops_after.get('GatherElements', 0)} GatherElements for {facts.num_layers} layers")
     stub_weights(graph)  # the new graph's weights are the loaded model's: exported as stubs, written from it
     new_model = gs.export_onnx(graph)
+    _keep_node_metadata(model, new_model)
     if not any(o.domain == DOMAIN for o in new_model.opset_import):
         new_model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     confirmed = fused.confirm(onnx_path, model, new_model, blocks, facts, probes.sequences) if blocks else None
@@ -167,6 +168,15 @@ def rewrite(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
                  outputs={"model": out_path, "report": report_path},
                  extra={"summary": stage_summary})
     return StageResult(out_path, report_path, stage_summary)
+
+
+def _keep_node_metadata(original, new_model) -> None:
+    """onnx-graphsurgeon drops nodes' ``metadata_props`` (the exporter's module scopes): copy them back by
+    node name, so that the plugin graph's nodes carry the plain graph's layers (int8 fallback groups)."""
+    props = {n.name: n.metadata_props for n in original.graph.node if n.metadata_props}
+    for node in new_model.graph.node:
+        if node.name in props and not node.metadata_props:
+            node.metadata_props.extend(props[node.name])
 
 
 def summary(report: dict) -> str:

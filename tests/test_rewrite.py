@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from debertrt.compiler.cli import main
+from debertrt.core import onnx_utils as ox
 from debertrt.core.artifacts import read_json
 from debertrt.core.compare import output_errors
 from debertrt.core.errors import DebertrtError
@@ -83,7 +84,12 @@ def test_rewrite_matches_onnx_and_pytorch(exported, tmp_path, preset, task, expo
     ref = load_model(preset, task)
     out = rewrite(onnx_path, tmp_path / "model.plugin.onnx").path
     assert out == tmp_path / "model.plugin.onnx"
-    check_plugin_graph(out, ref)
+    plugin_model = check_plugin_graph(out, ref)
+    # the exporter's module scopes survive: int8's fallback groups the same MatMuls into the same layers
+    kept = {n.name for n in plugin_model.graph.node}
+    plain_scopes = {n: s for n, s in ox.node_scopes(onnx.load(str(onnx_path))).items() if n in kept}
+    plugin_scopes = ox.node_scopes(plugin_model)
+    assert plain_scopes and {n: plugin_scopes.get(n) for n in plain_scopes} == plain_scopes
 
     report = read_json(tmp_path / "model.plugin.rewrite.json")
     assert report["nodes"]["added"] == ref.config.num_hidden_layers
