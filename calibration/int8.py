@@ -28,7 +28,7 @@ from debertrt.core.artifacts import StageResult, record_stage, sha256, sibling, 
 from debertrt.core.errors import DebertrtError, InternalError, first_line
 
 from debertrt.core import onnx_utils as ox
-from debertrt.core.resources import measured
+from debertrt.core.resources import measured, release_memory
 from debertrt.plugins.graph_types import value_types
 
 from . import graph as G
@@ -84,9 +84,11 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
     with tempfile.TemporaryDirectory(prefix=".debertrt-int8.", dir=out.parent) as tmp:
         tmp = Path(tmp)
         prepared = _prepare(model)
+        del model
         calibrated = calibrated_tensors(prepared)
         # raises on non-finite activations; keeps min and max of every tensor a calibrator would measure
-        ranges = collect_ranges(model, calib_feeds, workdir=tmp, also=calibrated)
+        ranges = collect_ranges(prepared, calib_feeds, workdir=tmp, also=calibrated)
+        release_memory()  # the range session's pages, before the quantized copy is made
         candidates = quantizable_nodes(prepared, options.quantize_bmm)
         if not candidates:
             raise DebertrtError(f"{src.name} has no MatMul/Gemm with a weight input: nothing to quantize")
@@ -95,8 +97,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
         else:
             tensors_range = calibrate(_write_prepared(prepared, tmp), calib_feeds, options, tmp)
         groups = group_nodes(prepared, candidates, options.granularity)
-        scorer = Scorer(model, fallback_dataset, task, tmp)
-        del model  # ``prepared`` is the copy the rest works on
+        scorer = Scorer(prepared, fallback_dataset, task, tmp)
         # quantized once; a trial leaving groups in float gives their MatMuls the float tensors back
         full = build_qdq(prepared, tensors_range, candidates, options.dedicated_qdq)
 
@@ -123,12 +124,11 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike | No
 # ----------------------------------------------------------------------------- graph preparation
 
 
-def _prepare(model):
-    """A copy with every tensor typed (plugin outputs included) and weight transposes folded."""
+def _prepare(prepared):
+    """``prepared`` itself, every tensor typed (plugin outputs included) and weight transposes folded: in
+    place, so that the stage holds one copy of the weights (the fp32 graph computes the same with them)."""
     import onnx
 
-    prepared = onnx.ModelProto()
-    prepared.CopyFrom(model)
     ox.name_nodes(prepared)
     G.fold_weight_transposes(prepared)
     types = value_types(prepared)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto
@@ -75,11 +74,11 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     limits = {n: FP16_INF if types.get(n) == TensorProto.FLOAT16 else np.inf for n in stats}
     ranges = TensorRanges()
     with tempfile.TemporaryDirectory(prefix="debertrt-ranges.", dir=workdir) as tmp:
-        path = ox.write_with_weights(augmented, model, Path(tmp) / "ranges.onnx")
-        del augmented
         require_memory(ox.weight_bytes(model) + SESSION_OVERHEAD, f"an ONNX Runtime session of the {graph} graph",
                        "the weights alone do not fit: use a machine with more memory")
-        sess = ort_session(path, options=one_shot_options())
+        # ``model``'s weights reach the session one tensor at a time; a plugin graph's are not read back
+        sess = ort_session(augmented, base_dir=tmp, options=one_shot_options(), weights=model)
+        del augmented
         fetch = [out for outs in stats.values() for out in outs]
         forecast = BatchForecast(f"range collection on the {graph} graph",
                                  "use a smaller --batch-size or --max-length (or fewer --batches)")

@@ -86,14 +86,19 @@ def ort_session(source, base_dir: str | os.PathLike | None = None, threads: int 
     if not any(is_plugin_node(n) for n in model.graph.node):
         return session_for_model(model, base_dir, options, weights=weights)
     # the PyOp rewrite edits a copy without the weights' bytes; the session takes them from the original
+    sources = [model] + ([weights] if weights is not None else [])
+    if weights is not None and not model.graph.initializer:  # a weight-free copy (outputs added) runs with these
+        structure = onnx.ModelProto()
+        structure.CopyFrom(model)
+        structure.graph.initializer.extend(with_weight_stubs(weights).graph.initializer)
+        model = structure
     types = elem_types(model)
     plugin = with_weight_stubs(model)
     register_pyops(plugin_model_for_ort(plugin, types))
     import onnxruntime_extensions
 
     options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
-    return session_for_model(plugin, base_dir, options, session_class=_plugin_session_class(),
-                             weights=[model] + ([weights] if weights is not None else []))
+    return session_for_model(plugin, base_dir, options, session_class=_plugin_session_class(), weights=sources)
 
 
 def _options(threads: int | None = None):
