@@ -4,8 +4,8 @@ CPython, glibc and protobuf keep much of what a stage freed (arenas, fragmented 
 Runtime session's allocations): on a full-size model the process after the export or the rewrite
 stays gigabytes above where it started, and every later stage starts from there. A child per
 stage starts each one from a small process instead. Children come from a fork server (started
-once, with the ONNX modules imported) rather than a fresh interpreter, so a stage pays
-milliseconds to start, not seconds of imports, and inherits none of the parent's heap.
+once, with the libraries imported) rather than a fresh interpreter, so a stage pays milliseconds
+to start, not seconds of imports, and inherits none of the parent's heap.
 
 The stage function and its arguments travel by pickle; its return value and a ``DebertrtError``
 come back the same way; any other exception comes back as ``ChildError`` with the child's
@@ -21,9 +21,14 @@ import traceback
 
 from .errors import DebertrtError
 
-# Imported once in the fork server: each child starts with them (shared, copy-on-write).
-PRELOAD = ["numpy", "onnx", "onnxruntime", "debertrt.core.onnx_utils", "debertrt.plugins.ort",
-           "debertrt.core.artifacts"]
+# Imported once in the fork server: each child starts with them (shared, copy-on-write), instead of
+# spending ~2 s importing torch and transformers to unpickle a stage's model description. A module
+# missing here is only imported later, by the child that needs it.
+PRELOAD = ["numpy", "onnx", "onnxruntime", "torch", "debertrt.core.onnx_utils", "debertrt.plugins.ort",
+           "debertrt.core.artifacts", "debertrt.core.models", "debertrt.core.data",
+           "transformers.models.deberta.configuration_deberta",
+           "transformers.models.deberta_v2.configuration_deberta_v2",
+           "transformers.models.deberta_v2.tokenization_deberta_v2_fast"]
 
 _context = None
 
