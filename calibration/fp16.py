@@ -113,7 +113,6 @@ def _constants_to_initializers(model) -> None:
 
 def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
     """The fp16 ``ModelProto`` of ``model`` (not modified) and the decision behind it."""
-    import onnx
     from onnx import helper, numpy_helper
 
     weights = model
@@ -232,27 +231,23 @@ def _compare(fp16_model, expected: list[dict], feed_list, workdir: Path) -> dict
     """Max |fp16 - fp32| per output on a few calibration batches (``expected``: the fp32 graph's outputs),
     and the largest |x| any fp16 tensor holds there; a non-finite fp16 tensor raises. Every fp16 tensor is
     materialised in fp16 for this: ONNX Runtime on the CPU otherwise runs fp16 chains in fp32 and hides an
-    overflow that a GPU would show."""
-    import tempfile
-
+    overflow that a GPU would show. One run gives both (the outputs come from the same session)."""
     workdir.mkdir(parents=True, exist_ok=True)
     result = {}
     types = elem_types(fp16_model)
     halves = [o for node in fp16_model.graph.node for o in node.output if types.get(o) == FLOAT16]
-    largest = collect_ranges(fp16_model, feed_list, halves, workdir, graph="fp16",
+
+    def compare(k: int, outputs: dict) -> None:
+        for name, x in expected[k].items():
+            y = np.asarray(outputs[name], dtype=np.float32)
+            if not np.isfinite(y).all():
+                raise DebertrtError(f"the fp16 graph produces inf/NaN in {name!r} on calibration batch {k}; "
+                                    f"lower the fp16 threshold to keep more of the graph in fp32")
+            err = float(np.abs(np.asarray(x, np.float32) - y).max()) if x.size else 0.0
+            result[name] = max(result.get(name, 0.0), err)
+
+    largest = collect_ranges(fp16_model, feed_list, halves, workdir, graph="fp16", on_outputs=compare,
                              advice="fp16 overflows there: lower --fp16-threshold to keep more of the graph in fp32")
-    release_memory()
-    with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
-        s16 = ort_session(fp16_model, base_dir=tmp, options=one_shot_options())
-        for k, (feed, a) in enumerate(zip(feed_list, expected)):
-            b = s16.run(list(a), feed)
-            for (name, x), y in zip(a.items(), b):
-                y = np.asarray(y, dtype=np.float32)
-                if not np.isfinite(y).all():
-                    raise DebertrtError(f"the fp16 graph produces inf/NaN in {name!r} on calibration batch {k}; "
-                                        f"lower the fp16 threshold to keep more of the graph in fp32")
-                err = float(np.abs(np.asarray(x, np.float32) - y).max()) if x.size else 0.0
-                result[name] = max(result.get(name, 0.0), err)
     return {"batches": len(feed_list), "max_abs_vs_fp32_graph": result,
             "fp16_max_abs": max(largest.amax.values(), default=0.0)}
 

@@ -53,10 +53,11 @@ OVERFLOW_ADVICE = "the model overflows on this data — check the weights and th
 
 def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = None,
                    workdir: str | os.PathLike | None = None, graph: str = "fp32",
-                   advice: str = OVERFLOW_ADVICE, also: list[str] = ()) -> TensorRanges:
+                   advice: str = OVERFLOW_ADVICE, also: list[str] = (), on_outputs=None) -> TensorRanges:
     """Run ``model`` (an fp32 ``ModelProto``, or the ``graph`` named) on ``feed_list``, return the ranges of
     ``tensors`` (default: every node's float output) and of ``also`` (e.g. float graph inputs), raising
-    ``DebertrtError`` with ``advice`` on a non-finite value.
+    ``DebertrtError`` with ``advice`` on a non-finite value. ``on_outputs(k, {name: array})``: given each
+    batch's graph outputs from the same run (a check needs no second session).
 
     Streams: each tensor gets ``ReduceMax``, ``ReduceMin`` and ``ReduceSum`` nodes placed right after its
     producer, and only those scalars are graph outputs, so ONNX Runtime frees every activation as in
@@ -68,7 +69,7 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
     names = names + [n for n in also if n not in listed]
     outputs = [o.name for o in model.graph.output]
     watched = [n for n in names if n in types or n in outputs] + [o for o in outputs if o not in names]
-    augmented, stats = _with_reductions(model, watched, types)
+    augmented, stats = _with_reductions(model, watched, types, keep_outputs=on_outputs is not None)
     # ONNX Runtime on the CPU runs an fp16 chain in fp32 unless a tensor is fetched in fp16, so an fp16
     # overflow shows as |x| beyond what fp16 rounds to a finite value
     limits = {n: FP16_INF if types.get(n) == TensorProto.FLOAT16 else np.inf for n in stats}
@@ -79,7 +80,7 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
         # ``model``'s weights reach the session one tensor at a time; a plugin graph's are not read back
         sess = ort_session(augmented, base_dir=tmp, options=one_shot_options(), weights=model)
         del augmented
-        fetch = [out for outs in stats.values() for out in outs]
+        fetch = [out for outs in stats.values() for out in outs] + (outputs if on_outputs is not None else [])
         forecast = BatchForecast(f"range collection on the {graph} graph",
                                  "use a smaller --batch-size or --max-length (or fewer --batches)")
         for k, feed in enumerate(feed_list):
@@ -95,13 +96,15 @@ def collect_ranges(model, feed_list: list[dict], tensors: list[str] | None = Non
                 ranges.amax[name] = max(ranges.amax.get(name, 0.0), amax)
                 ranges.lowest[name] = min(ranges.lowest.get(name, np.inf), lowest)
                 ranges.highest[name] = max(ranges.highest.get(name, -np.inf), highest)
+            if on_outputs is not None:
+                on_outputs(k, {name: values[name] for name in outputs})
             ranges.batches += 1
     return ranges
 
 
-def _with_reductions(model, names: list[str], types: dict[str, int]):
+def _with_reductions(model, names: list[str], types: dict[str, int], keep_outputs: bool = False):
     """``model`` without its initializers (see ``onnx_utils.write_with_weights``) whose outputs are
-    max x, min x and Σx (float32 scalars) of each of ``names``."""
+    max x, min x and Σx (float32 scalars) of each of ``names`` (after its own, with ``keep_outputs``)."""
     from onnx import helper
 
     augmented = ox.without_initializers(model)
@@ -130,7 +133,8 @@ def _with_reductions(model, names: list[str], types: dict[str, int]):
         nodes += [n for out in node.output if out in wanted and out not in stats for n in reductions(out)]
     del graph.node[:]
     graph.node.extend(nodes)
-    del graph.output[:]
+    if not keep_outputs:
+        del graph.output[:]
     graph.output.extend(helper.make_tensor_value_info(out, TensorProto.FLOAT, []) for outs in stats.values()
                         for out in outs)
     return augmented, {n: stats[n] for n in names if n in stats}
