@@ -8,7 +8,8 @@ Each shape (random weights, the published config's sizes) is saved once with ``s
 under the cache (``$DEBERTRT_CACHE/bench-build/<name>``); each build runs in its own child
 process. The per-stage wall, CPU and peak RSS come from the build's ``manifest.json`` (a full-size
 model's stages run in their own processes); the build's peak memory is the largest of every
-process's peak and of the sampled sum over its process tree. Prints a Markdown table and writes
+process's peak RSS and of the sampled sum of Pss over its process tree (the sum of RSS, an upper
+bound, is reported beside it). Prints a Markdown table and writes
 JSON. Not part of the test suite.
 """
 
@@ -85,50 +86,63 @@ def run_build(name: str, task: str, out: Path, extra: list[str]) -> dict:
     goal_s, goal_gib = GOALS[name]
     # the stages reset the kernel's high-water mark, which ru_maxrss reads too: a process's peak is the
     # largest of its stages' peaks; stages in child processes (not waited for by the build itself) add
-    # their CPU time, and the memory of the whole process tree is sampled (a sum at one moment)
-    peaks = [usage.ru_maxrss * 1024, sampler.peak] + [c[k] * 1024**2 for c in stages.values()
+    # their CPU time, and the memory of the whole process tree is sampled (a sum of Pss at one moment;
+    # the sum of RSS, which counts the fork server's shared pages once per process, is reported beside it)
+    peaks = [usage.ru_maxrss * 1024, sampler.peak_pss] + [c[k] * 1024**2 for c in stages.values()
                                                        for k in ("peak_rss_mib", "child_peak_rss_mib")]
     peak_gib = max(peaks) / 1024**3
     cpu = usage.ru_utime + usage.ru_stime + sum(c["cpu_s"] for c in stages.values() if c.get("pid") != proc.pid)
     return {"model": name, "task": task, "exit_code": code, "wall_s": round(wall, 1),
             "cpu_s": round(cpu, 1), "system_s_build_process": round(usage.ru_stime, 1),
-            "peak_rss_gib": round(peak_gib, 2), "tree_peak_rss_gib": round(sampler.peak / 1024**3, 2), "goal": {"wall_s": goal_s, "peak_rss_gib": goal_gib,
+            "peak_rss_gib": round(peak_gib, 2), "tree_peak_rss_gib": round(sampler.peak / 1024**3, 2),
+            "tree_peak_pss_gib": round(sampler.peak_pss / 1024**3, 2), "goal": {"wall_s": goal_s, "peak_rss_gib": goal_gib,
                                                          "met": code == 0 and wall <= goal_s and peak_gib <= goal_gib},
             "stages": stages, "command": " ".join(cmd), "log_tail": tail}
 
 
 class TreeMemory:
-    """The largest sum of resident memory over a process and its descendants, sampled every 0.2 s from
-    /proc (a build's stages run in child processes, beside the parent and a fork server)."""
+    """The largest memory of a process and its descendants together (the build's stages run in child
+    processes beside the parent and a fork server), sampled every 0.2 s from /proc, two ways: the sum
+    of their RSS (a page shared by several processes counts in each: an upper bound) and the sum of
+    their proportional set sizes (``Pss``: a page shared by n processes counts 1/n in each)."""
 
     def __init__(self, root: int, every: float = 0.2):
-        self.root, self.every, self.peak = root, every, 0
+        self.root, self.every, self.peak, self.peak_pss = root, every, 0, 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._done.wait(self.every):
-            self.peak = max(self.peak, self.total())
+            rss, pss = self.totals()
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
-    def total(self) -> int:
-        parents, rss = {}, {}
+    def tree(self) -> set[int]:
+        parents = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parents[int(entry)] = int(fields[1])
-                rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                continue
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
         tree, grew = {self.root}, True
         while grew:
             more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
             tree |= more
             grew = bool(more)
-        return sum(rss.get(pid, 0) for pid in tree)
+        return tree
+
+    def totals(self) -> tuple[int, int]:
+        rss = pss = 0
+        for pid in self.tree():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.endswith("kB\n")}
+            except (OSError, ValueError, IndexError):
+                continue
+            rss, pss = rss + fields.get("Rss", 0), pss + fields.get("Pss", 0)
+        return rss, pss
 
     def stop(self) -> None:
         self._done.set()
@@ -160,8 +174,8 @@ def table(results: list[dict]) -> str:
         verdict = "failed (exit %d)" % r["exit_code"] if r["exit_code"] else \
             ("goal met" if r["goal"]["met"] else "goal missed")
         lines.append(f"| **{r['model']}** | **whole build** ({verdict}) | **{r['wall_s']:.0f} s** | "
-                     f"{r['cpu_s']:.0f} s | **{r['peak_rss_gib']:.2f} GiB** (all processes together, "
-                     f"sampled: {r['tree_peak_rss_gib']:.2f} GiB) |")
+                     f"{r['cpu_s']:.0f} s | **{r['peak_rss_gib']:.2f} GiB** (all processes together, sampled: "
+                     f"RSS {r['tree_peak_rss_gib']:.2f} GiB, Pss {r['tree_peak_pss_gib']:.2f} GiB) |")
     return "\n".join(lines)
 
 
