@@ -9,8 +9,8 @@ excluded most harmful first until the metric is within budget.
 
 A sibling graph's decision (the plugin graph reusing the plain graph's float groups) is tried
 first: when it is within budget here too, that one trial decides; else the search runs as above.
-It is matched by node name, not by group label: the rewrite keeps the MatMul/Gemm names but not
-the exporter's scope metadata, so a dynamo export's plugin graph has one group per node.
+It is matched by node name, not by group label: the rewrite keeps the MatMul/Gemm names (and their
+scopes), and a name does not depend on how a graph's nodes are grouped.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from debertrt.core.errors import DebertrtError
 
 from debertrt.core import onnx_utils as ox
 from debertrt.core.resources import measured, release_memory
-from debertrt.plugins.ort import one_shot_options, ort_session
 from debertrt.plugins.graph_types import elem_types
 
 from . import graph as G
@@ -59,11 +58,16 @@ def to_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = N
     input_names = [i.name for i in model.graph.input]
     check_dataset(dataset, input_names, vocab_size(model))
     feed_list = feeds(dataset, input_names)
-    ranges = collect_ranges(model, feed_list, workdir=out.parent if out.parent.exists() else None)
-    release_memory()  # each session's pages go back to the system before the next one loads
     check_feeds = feed_list[: options.check_batches]
-    expected = _fp32_outputs(model, check_feeds, out.parent)
-    release_memory()
+    expected: list[dict] = []  # the fp32 graph's outputs on the check batches, from the range run itself
+
+    def keep_check_outputs(k: int, outputs: dict) -> None:
+        if k < len(check_feeds):
+            expected.append(outputs)
+
+    ranges = collect_ranges(model, feed_list, workdir=out.parent if out.parent.exists() else None,
+                            on_outputs=keep_check_outputs)
+    release_memory()  # each session's pages go back to the system before the next one loads
 
     converted, decision = convert(model, ranges, options)
     del model  # from here on one graph's weights at a time: the fp16 ones
@@ -213,18 +217,6 @@ def convert(model, ranges: TensorRanges, options: Fp16Options = Fp16Options()):
 
 
 # ----------------------------------------------------------------------------- check + report
-
-
-def _fp32_outputs(fp32_model, feed_list, workdir: Path) -> list[dict]:
-    """The fp32 graph's outputs on the check batches (before the conversion, so that no two graphs'
-    weights and a session are alive at once)."""
-    import tempfile
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="debertrt-fp16.", dir=workdir) as tmp:
-        session = ort_session(fp32_model, base_dir=tmp, options=one_shot_options())
-        names = [o.name for o in session.get_outputs()]
-        return [dict(zip(names, session.run(names, feed))) for feed in feed_list]
 
 
 def _compare(fp16_model, expected: list[dict], feed_list, workdir: Path) -> dict:
